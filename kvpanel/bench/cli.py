@@ -1,0 +1,204 @@
+"""``kvpanel bench long-doc-qa [flags]``: LMCache's long_doc_qa flags, plus kvpanel's.
+
+    bench_main(argv) -> int   - argv is what follows ``kvpanel bench`` (a leading
+                                ``long-doc-qa`` is optional)
+
+Exit codes: 0 ok; 1 an --expected-*-gain was missed; 2 bad arguments; 3 the benchmark could
+not run or some requests failed; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kvpanel.bench.long_doc_qa import BenchCancelled, BenchError, BenchParams, run_benchmark
+from kvpanel.bench.prompts import REPEAT_MODES
+from kvpanel.bench.report import (
+    ProgressPrinter,
+    output_paths,
+    print_results,
+    write_csv,
+    write_json,
+    write_plot,
+)
+from kvpanel.bench.result import BenchResult
+
+SUBCOMMAND = "long-doc-qa"
+EXIT_OK, EXIT_GAIN_MISSED, EXIT_BAD_ARGS, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"kvpanel bench {SUBCOMMAND}",
+        description="Long-document QA benchmark (LMCache's long_doc_qa): warm-up round, then "
+        "query round; reports TTFT and round times.",
+    )
+    w = p.add_argument_group("workload (LMCache's flags)")
+    w.add_argument("--num-documents", type=int, default=8)
+    w.add_argument("--document-length", type=int, default=20000, help="tokens per document")
+    w.add_argument("--output-len", type=int, default=100, help="tokens generated per request")
+    w.add_argument("--repeat-count", type=int, default=2)
+    w.add_argument("--repeat-mode", choices=REPEAT_MODES, default="random")
+    w.add_argument("--shuffle-seed", type=int, default=0)
+    w.add_argument("--max-inflight-requests", type=int, default=2)
+    w.add_argument("--sleep-time-after-warmup", type=float, default=0.0)
+    w.add_argument("--model", default=None, help="model name (default: ask /v1/models)")
+    w.add_argument("--port", type=int, default=8000, help="server on http://localhost:PORT")
+    w.add_argument("--base-url", default=None, help="server URL (overrides --port)")
+    w.add_argument("--completions", action="store_true", help="use /v1/completions, not chat")
+    w.add_argument("--hit-miss-ratio", default=None, metavar="H:M")
+    w.add_argument("--expected-ttft-gain", type=float, default=None, metavar="X")
+    w.add_argument("--expected-latency-gain", type=float, default=None, metavar="X")
+    w.add_argument(
+        "--token-ids",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="send token-id prompts (default: only when the server's /tokenize fails)",
+    )
+    w.add_argument("--no-prewarm", action="store_true", help="skip the 5 pre-warm requests")
+    w.add_argument("--request-timeout", type=float, default=3600.0, metavar="S")
+    w.add_argument("--api-key", default=None, help="bearer token for the server")
+
+    o = p.add_argument_group("output")
+    o.add_argument("--output", default=None, metavar="FILE.json", help="write results JSON")
+    o.add_argument("--csv", default=None, help="per-request CSV (default: FILE.csv)")
+    o.add_argument("--plot", default=None, help="TTFT plot PNG (default: FILE.png)")
+    o.add_argument("--no-plot", action="store_true")
+    o.add_argument("--visualize", action="store_true", help="write the plot even without --output")
+    o.add_argument("--responses-file", default=None, help="write every generated text here")
+    o.add_argument("--no-progress", action="store_true")
+
+    c = p.add_argument_group("comparison (start a server per offload mode)")
+    c.add_argument("--compare", default=None, metavar="MODES", help="e.g. vanilla,native,kvpanel")
+    c.add_argument("--engine-args", default="", help="extra vLLM args for every engine (quoted)")
+    c.add_argument("--cpu-cache-gb", type=float, default=None)
+    c.add_argument("--kv-cache-memory", default=None, help="cap GPU KV (--kv-cache-memory-bytes)")
+    c.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    c.add_argument("--ready-timeout", type=float, default=600.0, metavar="S")
+    c.add_argument("--serve-command", default=None, help="default: kvpanel serve")
+    return p
+
+
+def params_from_args(args: argparse.Namespace) -> BenchParams:
+    params = BenchParams(
+        num_documents=args.num_documents,
+        document_length=args.document_length,
+        output_len=args.output_len,
+        repeat_count=args.repeat_count,
+        repeat_mode=args.repeat_mode,
+        shuffle_seed=args.shuffle_seed,
+        max_inflight_requests=args.max_inflight_requests,
+        sleep_time_after_warmup=args.sleep_time_after_warmup,
+        model=args.model,
+        completions=args.completions,
+        hit_miss_ratio=args.hit_miss_ratio,
+        token_ids=args.token_ids,
+        prewarm=not args.no_prewarm,
+        request_timeout_s=args.request_timeout,
+        api_key=args.api_key,
+    )
+    params.validate()
+    return params
+
+
+def write_outputs(result: BenchResult, args: argparse.Namespace) -> None:
+    """JSON / CSV / PNG / responses, as the flags ask."""
+    csv_path, png_path = (None, None)
+    if args.output:
+        write_json(result, args.output)
+        csv_path, png_path = output_paths(args.output)
+    csv_path = Path(args.csv) if args.csv else csv_path
+    png_path = Path(args.plot) if args.plot else png_path
+    if png_path is None and args.visualize:
+        png_path = Path("long_doc_qa_ttft.png")
+    if csv_path is not None:
+        write_csv(result, csv_path)
+    if png_path is not None and not args.no_plot:
+        write_plot(result, png_path)
+    if args.responses_file:
+        with open(args.responses_file, "w") as f:
+            for rec in result.records:
+                f.write(f"\nResponse of request {rec.round}/{rec.index}: {rec.text}\n")
+
+
+def check_gains(result: BenchResult, args: argparse.Namespace) -> int:
+    """EXIT_GAIN_MISSED, with one line per missed gain on stderr, or EXIT_OK."""
+    rc = EXIT_OK
+    checks = (
+        ("TTFT", args.expected_ttft_gain, result.ttft_gain),
+        ("latency", args.expected_latency_gain, result.latency_gain),
+    )
+    for name, expected, actual in checks:
+        if expected is not None and not actual >= expected:  # NaN misses too
+            print(f"ERROR: {name} gain {actual:.2f}× < expected {expected:.2f}×", file=sys.stderr)
+            rc = EXIT_GAIN_MISSED
+    return rc
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace | int:
+    args_list = list(argv)
+    if args_list and args_list[0] == SUBCOMMAND:
+        args_list = args_list[1:]
+    parser = build_parser()
+    try:
+        return parser.parse_args(args_list)
+    except SystemExit as exc:  # --help, or argparse's own error (already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_ARGS
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    parsed = _parse(sys.argv[1:] if argv is None else argv)
+    if isinstance(parsed, int):
+        return parsed
+    args = parsed
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        params = params_from_args(args)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    if args.compare:
+        from kvpanel.bench.compare import compare_main
+
+        return compare_main(args, params)
+
+    base_url = args.base_url or f"http://localhost:{args.port}"
+    progress = None if args.no_progress else ProgressPrinter()
+    try:
+        result = run_benchmark(params, base_url, progress_cb=progress)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (KeyboardInterrupt, BenchCancelled):
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print_results(
+        result,
+        show_ttft_gain=args.expected_ttft_gain is not None,
+        show_latency_gain=args.expected_latency_gain is not None,
+    )
+    write_outputs(result, args)
+    if result.failed_requests:
+        first = next(r.error for r in result.records if not r.ok)
+        print(
+            f"ERROR: {result.failed_requests} of {len(result.records)} requests failed "
+            f"(first: {first})",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return check_gains(result, args)
+
+
+def main() -> None:
+    sys.exit(bench_main())
+
+
+if __name__ == "__main__":
+    main()

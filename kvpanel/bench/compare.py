@@ -1,0 +1,254 @@
+"""``--compare vanilla,native,kvpanel``: one server per offload mode, the same benchmark on each.
+
+For each mode: start ``kvpanel serve MODEL --no-ui --port 0 --offload MODE ...``, wait for its
+ready line, run the benchmark, SIGTERM it, then the next mode. A mode that fails to start (e.g.
+native offloading on vLLM's CPU platform) is recorded as failed with its last stderr line.
+
+    ModeOutcome                     - one mode: ok / error, its BenchResult, the serve argv
+    run_modes(params, modes, ...)   - run them in turn (programmatic use)
+    comparison_dict(outcomes)       - the JSON document
+    print_table(outcomes)           - the table: warm-up / query mean TTFT, query total, ratios
+    compare_main(args, params)      - the CLI path; exit 0 when at least one mode ran cleanly
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from kvpanel.bench.long_doc_qa import BenchCancelled, BenchError, BenchParams, run_benchmark
+from kvpanel.bench.report import ProgressPrinter, output_paths, write_csv, write_plot
+from kvpanel.bench.result import QUERY, WARMUP, BenchResult
+from kvpanel.bench.server_proc import (
+    OFFLOAD_MODES,
+    ServeFailed,
+    ServeProcess,
+    default_serve_prefix,
+    serve_command,
+)
+
+BASELINE = "vanilla"
+
+
+@dataclass(slots=True)
+class ModeOutcome:
+    mode: str
+    offload: str
+    argv: list[str]
+    ok: bool = False
+    error: str = ""
+    result: BenchResult | None = None
+    last_status: dict[str, Any] | None = None
+    exit_code: int | None = None
+    files: list[str] = field(default_factory=list)
+
+    def stat(self, round_name: str, attr: str) -> float:
+        if self.result is None or round_name not in self.result.rounds:
+            return math.nan
+        return float(getattr(self.result.rounds[round_name], attr))
+
+
+def parse_modes(text: str) -> list[str]:
+    """``"vanilla,native,kvpanel"`` -> list; raises ValueError on unknown or repeated names."""
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    if not modes:
+        raise ValueError("--compare needs at least one mode")
+    for m in modes:
+        if m not in OFFLOAD_MODES:
+            raise ValueError(f"unknown mode {m!r} (known: vanilla, native, kvpanel)")
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"a mode is repeated in {text!r}")
+    return modes
+
+
+def run_modes(
+    params: BenchParams,
+    modes: Sequence[str],
+    build_argv: Callable[[str], list[str]],
+    ready_timeout_s: float = 600.0,
+    progress_cb: Callable[[str, int, int], None] | None = None,
+    log_dir: Path | None = None,
+    log: TextIO | None = None,
+) -> list[ModeOutcome]:
+    """Each mode in turn: serve, benchmark, stop. Never raises for one mode's failure."""
+    out = log if log is not None else sys.stderr
+    outcomes = []
+    for mode in modes:
+        offload = OFFLOAD_MODES[mode]
+        argv = build_argv(offload)
+        outcome = ModeOutcome(mode=mode, offload=offload, argv=argv)
+        outcomes.append(outcome)
+        print(f"[{mode}] starting: {shlex.join(argv)}", file=out, flush=True)
+        log_path = log_dir / f"serve-{mode}.log" if log_dir else None
+        try:
+            server = ServeProcess.start(argv, ready_timeout_s, log_path)
+        except ServeFailed as exc:
+            outcome.error = f"failed to start: {exc}"
+            print(f"[{mode}] {outcome.error}", file=out, flush=True)
+            continue
+        try:
+            assert server.url is not None
+            mode_params = params if params.api_key else replace(params, api_key=server.token)
+            outcome.result = run_benchmark(mode_params, server.url, progress_cb=progress_cb)
+            failed = outcome.result.failed_requests
+            outcome.ok = failed == 0
+            if failed:
+                first = next(r.error for r in outcome.result.records if not r.ok)
+                outcome.error = f"{failed} requests failed (first: {first})"
+        except (BenchError, ValueError) as exc:
+            outcome.error = f"benchmark failed: {exc}"
+        finally:
+            outcome.last_status = server.last_status
+            outcome.exit_code = server.stop()
+        state = "ok" if outcome.ok else outcome.error
+        print(f"[{mode}] done ({state}); server exit code {outcome.exit_code}", file=out)
+    return outcomes
+
+
+def _ratio(a: float, b: float) -> float:
+    if math.isnan(a) or math.isnan(b) or b <= 0:
+        return math.nan
+    return a / b
+
+
+def _json_num(x: float) -> float | None:
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def summary_rows(outcomes: Sequence[ModeOutcome]) -> list[dict[str, Any]]:
+    """Per mode: warm-up / query mean TTFT, query total, and ratios to the vanilla mode."""
+    base = next((o for o in outcomes if o.mode in (BASELINE, "none") and o.result), None)
+    rows = []
+    for o in outcomes:
+        q_ttft, q_total = o.stat(QUERY, "mean_ttft_s"), o.stat(QUERY, "total_s")
+        b_ttft = base.stat(QUERY, "mean_ttft_s") if base else math.nan
+        b_total = base.stat(QUERY, "total_s") if base else math.nan
+        rows.append(
+            {
+                "mode": o.mode,
+                "offload": o.offload,
+                "ok": o.ok,
+                "error": o.error,
+                "warmup_mean_ttft_s": o.stat(WARMUP, "mean_ttft_s"),
+                "query_mean_ttft_s": q_ttft,
+                "query_ttft_p90_s": o.stat(QUERY, "ttft_p90_s"),
+                "query_total_s": q_total,
+                "ttft_gain": o.result.ttft_gain if o.result else math.nan,
+                "query_ttft_vs_vanilla": _ratio(q_ttft, b_ttft),
+                "query_total_vs_vanilla": _ratio(q_total, b_total),
+            }
+        )
+    return rows
+
+
+def comparison_dict(
+    outcomes: Sequence[ModeOutcome], params: BenchParams, model: str
+) -> dict[str, Any]:
+    rows = summary_rows(outcomes)
+    for row, o in zip(rows, outcomes, strict=True):
+        for k, v in row.items():
+            if isinstance(v, float):
+                row[k] = _json_num(v)
+        row["command"] = o.argv
+        row["server_exit_code"] = o.exit_code
+        row["last_status"] = o.last_status
+        row["files"] = o.files
+        row["result"] = o.result.to_dict() if o.result else None
+    return {
+        "benchmark": "long_doc_qa_compare",
+        "model": model,
+        "params": params.public_dict(),
+        "modes": rows,
+    }
+
+
+def _cell(x: float, unit: str = "s") -> str:
+    return "-" if math.isnan(x) else f"{x:.3f}{unit}"
+
+
+def print_table(outcomes: Sequence[ModeOutcome], file: TextIO | None = None) -> None:
+    out = file if file is not None else sys.stdout
+    head = ["mode", "status", "warmup TTFT", "query TTFT", "query total", "TTFT gain"]
+    head += ["TTFT/vanilla", "total/vanilla"]
+    rows: list[list[str]] = [head]
+    errors = []
+    for r in summary_rows(outcomes):
+        status = "ok" if r["ok"] else "failed"
+        if not r["ok"]:
+            errors.append(f"{r['mode']}: {r['error']}")
+        rows.append(
+            [
+                str(r["mode"]),
+                status,
+                _cell(r["warmup_mean_ttft_s"]),
+                _cell(r["query_mean_ttft_s"]),
+                _cell(r["query_total_s"]),
+                _cell(r["ttft_gain"], "x"),
+                _cell(r["query_ttft_vs_vanilla"], "x"),
+                _cell(r["query_total_vs_vanilla"], "x"),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    print("\n=== COMPARISON (long_doc_qa) ===", file=out)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+    for e in errors:
+        print(f"  {e}", file=out)
+    out.flush()
+
+
+def compare_main(args: argparse.Namespace, params: BenchParams) -> int:
+    """The ``--compare`` path of ``bench_main``."""
+    try:
+        modes = parse_modes(args.compare)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not params.model:
+        print("error: --compare needs --model (the model each server loads)", file=sys.stderr)
+        return 2
+    if args.expected_ttft_gain is not None or args.expected_latency_gain is not None:
+        print("note: --expected-*-gain is not checked with --compare", file=sys.stderr)
+    prefix = shlex.split(args.serve_command) if args.serve_command else default_serve_prefix()
+    model = params.model
+
+    def build_argv(offload: str) -> list[str]:
+        return serve_command(
+            prefix,
+            model,
+            offload,
+            engine_args=args.engine_args,
+            cpu_cache_gb=args.cpu_cache_gb,
+            kv_cache_memory=args.kv_cache_memory,
+            num_gpu_blocks_override=args.num_gpu_blocks_override,
+        )
+
+    json_path = Path(args.output) if args.output else None
+    log_dir = json_path.parent if json_path else None
+    progress = None if args.no_progress else ProgressPrinter()
+    try:
+        outcomes = run_modes(params, modes, build_argv, args.ready_timeout, progress, log_dir)
+    except (KeyboardInterrupt, BenchCancelled):
+        print("interrupted", file=sys.stderr)
+        return 130
+    print_table(outcomes)
+    if json_path is not None:
+        for o in outcomes:
+            if o.result is None:
+                continue
+            mode_json = json_path.with_name(f"{json_path.stem}-{o.mode}.json")
+            csv_path, png_path = output_paths(mode_json)
+            write_csv(o.result, csv_path)
+            o.files = [str(csv_path)]
+            if not args.no_plot and write_plot(o.result, png_path):
+                o.files.append(str(png_path))
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(comparison_dict(outcomes, params, model), indent=2) + "\n")
+    return 0 if any(o.ok for o in outcomes) else 3

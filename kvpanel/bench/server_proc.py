@@ -1,0 +1,181 @@
+"""Running ``kvpanel serve`` as a subprocess for a benchmark: start, wait for ready, stop.
+
+The serve command prints JSON lines on stdout, the first being
+``{"event": "ready", "url": "http://127.0.0.1:PORT", "token": "..."}`` once the OpenAI server
+accepts requests, then status snapshots; its logs go to stderr; SIGTERM stops it (exit 0).
+
+    OFFLOAD_MODES                  - comparison name -> ``--offload`` value
+    default_serve_prefix()         - how to invoke ``kvpanel serve`` from this interpreter
+    serve_command(...)             - the full argv for one mode
+    ServeProcess.start(argv, ...)  - start it and wait for "ready" (raises ServeFailed)
+    ServeProcess.stop()            - SIGTERM, wait, SIGKILL the process group if it hangs
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+OFFLOAD_MODES = {"vanilla": "none", "none": "none", "native": "native", "kvpanel": "kvpanel"}
+STDERR_TAIL = 200
+
+
+class ServeFailed(RuntimeError):
+    """The server exited or never became ready; the message ends with its last stderr line."""
+
+
+def default_serve_prefix() -> list[str]:
+    """``kvpanel serve`` from PATH, from this interpreter's bin dir, or through ``-c``."""
+    exe = shutil.which("kvpanel") or shutil.which("kvpanel", path=str(Path(sys.executable).parent))
+    if exe:
+        return [exe, "serve"]
+    code = "import sys; from kvpanel.cli import main; sys.argv[0] = 'kvpanel'; sys.exit(main())"
+    return [sys.executable, "-c", code, "serve"]
+
+
+def serve_command(
+    prefix: Sequence[str],
+    model: str,
+    offload: str,
+    engine_args: str = "",
+    cpu_cache_gb: float | None = None,
+    kv_cache_memory: str | None = None,
+    num_gpu_blocks_override: int | None = None,
+) -> list[str]:
+    """argv of ``kvpanel serve MODEL --no-ui --port 0 --offload MODE --status-interval 1 ...``."""
+    argv = [*prefix, model, "--no-ui", "--port", "0", "--offload", offload]
+    argv += ["--status-interval", "1"]
+    if cpu_cache_gb is not None and offload != "none":
+        argv += ["--cpu-cache-gb", f"{cpu_cache_gb:g}"]
+    if kv_cache_memory is not None:
+        argv += ["--kv-cache-memory-bytes", str(kv_cache_memory)]
+    if num_gpu_blocks_override is not None:
+        argv += ["--num-gpu-blocks-override", str(num_gpu_blocks_override)]
+    return argv + shlex.split(engine_args)
+
+
+class ServeProcess:
+    """One ``kvpanel serve`` subprocess (in its own process group) and what it printed."""
+
+    def __init__(self, argv: Sequence[str], log_path: str | Path | None = None) -> None:
+        self.argv = list(argv)
+        self.url: str | None = None
+        self.token: str | None = None
+        self.last_status: dict[str, Any] | None = None
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
+        self._ready = threading.Event()
+        self._log: IO[str] | None = open(log_path, "w") if log_path else None  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        self._threads = [
+            threading.Thread(target=self._read_stdout, daemon=True),
+            threading.Thread(target=self._read_stderr, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @classmethod
+    def start(
+        cls, argv: Sequence[str], ready_timeout_s: float, log_path: str | Path | None = None
+    ) -> ServeProcess:
+        """Start and wait until it prints "ready"; stops it and raises ServeFailed otherwise."""
+        try:
+            server = cls(argv, log_path)
+        except OSError as exc:
+            raise ServeFailed(f"cannot start {argv[0]}: {exc}") from exc
+        try:
+            server.wait_ready(ready_timeout_s)
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(event, dict):
+                continue
+            if event.get("event") == "ready" and not self._ready.is_set():
+                self.url = str(event.get("url") or "")
+                token = event.get("token")
+                self.token = str(token) if token else None
+                self._ready.set()
+            else:
+                self.last_status = event
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            if self._log is not None:
+                self._log.write(line)
+                self._log.flush()
+            if line.strip():
+                self.stderr_tail.append(line.rstrip())
+
+    def last_stderr_line(self) -> str:
+        return self.stderr_tail[-1] if self.stderr_tail else "(no stderr output)"
+
+    def failure_line(self) -> str:
+        """The most telling stderr line: the last error-looking one, else the last one."""
+        for line in reversed(self.stderr_tail):
+            if any(k in line for k in ("Error", "ERROR", "error:", "refuses", "not supported")):
+                return line.strip()
+        return self.last_stderr_line().strip()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self._ready.wait(0.2):
+            if self.proc.poll() is not None:
+                for t in self._threads:
+                    t.join(timeout=5)
+                raise ServeFailed(
+                    f"exited with code {self.proc.returncode} before ready: {self.failure_line()}"
+                )
+            if time.monotonic() > deadline:
+                raise ServeFailed(f"not ready after {timeout_s:g}s: {self.last_stderr_line()}")
+        if not self.url:
+            raise ServeFailed("the ready event has no url")
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM, then SIGKILL to its process group after ``timeout_s``; the exit code."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        # Children the server left behind in its group (e.g. engine-core workers).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for t in self._threads:
+            t.join(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return self.proc.returncode

@@ -1,0 +1,30 @@
+"""Tiered KV-chunk storage (CPU slots, disk files), independent of vLLM and of the UI.
+
+Modules: ``keys`` (fingerprints, chunk keys), ``stats`` (per-tier counters), ``lru``,
+``buffers`` (payload conversions), ``cpu_tier``, ``disk_format``, ``disk_lock``,
+``disk_tier``, ``store`` (the ``TieredStore`` facade).
+"""
+
+from kvpanel.cache.cpu_tier import ChunkState, CpuTier, Reservation
+from kvpanel.cache.disk_tier import DiskTier, DiskTierError
+from kvpanel.cache.keys import ChunkKey, Fingerprint, chunk_key, prefix_chunk_keys
+from kvpanel.cache.lru import LruIndex
+from kvpanel.cache.stats import TierCounters, TierStats
+from kvpanel.cache.store import LookupState, TieredStore
+
+__all__ = [
+    "ChunkKey",
+    "ChunkState",
+    "CpuTier",
+    "DiskTier",
+    "DiskTierError",
+    "Fingerprint",
+    "LookupState",
+    "LruIndex",
+    "Reservation",
+    "TierCounters",
+    "TierStats",
+    "TieredStore",
+    "chunk_key",
+    "prefix_chunk_keys",
+]

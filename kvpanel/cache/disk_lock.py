@@ -1,0 +1,61 @@
+"""Exclusive ownership of a disk cache directory across processes.
+
+Primitives:
+- ``DirLock``: ``fcntl.flock`` on ``<dir>/.lock`` held for the owner's lifetime, with the
+  owner's pid written in the file so a refusal can say who holds it.
+
+flock locks belong to the open file description, so a second ``DirLock`` on the same
+directory conflicts even inside one process; the kernel drops the lock if the process dies.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+
+class DirLockBusy(Exception):
+    def __init__(self, path: Path, holder_pid: int | None) -> None:
+        self.path = path
+        self.holder_pid = holder_pid
+        super().__init__(f"{path} is locked by pid {holder_pid}")
+
+
+class DirLock:
+    __slots__ = ("path", "_fd")
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise DirLockBusy(self.path, holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        # The file stays: unlinking it would let two processes lock different inodes.
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,136 @@
+"""Per-tier statistics.
+
+Primitives:
+- ``TierStats``: immutable snapshot of one tier (capacity, use, hit/miss, traffic, health).
+- ``TierCounters``: the mutable counters a tier bumps, snapshotted into ``TierStats``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TierStats:
+    name: str
+    capacity_bytes: int
+    used_bytes: int
+    chunks: int
+    hits: int
+    misses: int
+    bytes_in: int
+    bytes_out: int
+    evictions: int
+    errors: int
+    healthy: bool = True
+    note: str = ""  # e.g. "full", "disabled"
+    dropped: int = 0  # writes refused because the write queue was full
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TierCounters:
+    """Monotonic counters; own lock so a panel thread can snapshot while the tier works."""
+
+    __slots__ = (
+        "name",
+        "hits",
+        "misses",
+        "bytes_in",
+        "bytes_out",
+        "evictions",
+        "errors",
+        "dropped",
+        "_lock",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hits = 0
+        self.misses = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.evictions = 0
+        self.errors = 0
+        self.dropped = 0
+        self._lock = threading.Lock()
+
+    def add(
+        self,
+        *,
+        hits: int = 0,
+        misses: int = 0,
+        bytes_in: int = 0,
+        bytes_out: int = 0,
+        evictions: int = 0,
+        errors: int = 0,
+        dropped: int = 0,
+    ) -> None:
+        with self._lock:
+            self.hits += hits
+            self.misses += misses
+            self.bytes_in += bytes_in
+            self.bytes_out += bytes_out
+            self.evictions += evictions
+            self.errors += errors
+            self.dropped += dropped
+
+    def snapshot(
+        self, capacity: int, used: int, chunks: int, *, healthy: bool = True, note: str = ""
+    ) -> TierStats:
+        with self._lock:
+            return TierStats(
+                name=self.name,
+                capacity_bytes=capacity,
+                used_bytes=used,
+                chunks=chunks,
+                hits=self.hits,
+                misses=self.misses,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                evictions=self.evictions,
+                errors=self.errors,
+                healthy=healthy,
+                note=note,
+                dropped=self.dropped,
+            )
+
+
+class TransferTotals:
+    """Cumulative GPU<->CPU copy traffic: bytes and busy seconds per direction (thread-safe)."""
+
+    __slots__ = ("_lock", "load_bytes", "load_seconds", "store_bytes", "store_seconds")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.load_bytes = 0
+        self.load_seconds = 0.0
+        self.store_bytes = 0
+        self.store_seconds = 0.0
+
+    def add(self, nbytes: int, seconds: float, *, load: bool) -> None:
+        with self._lock:
+            if load:
+                self.load_bytes += nbytes
+                self.load_seconds += seconds
+            else:
+                self.store_bytes += nbytes
+                self.store_seconds += seconds
+
+    def copy(self) -> TransferTotals:
+        out = TransferTotals()
+        with self._lock:
+            out.load_bytes, out.load_seconds = self.load_bytes, self.load_seconds
+            out.store_bytes, out.store_seconds = self.store_bytes, self.store_seconds
+        return out
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "load_bytes": self.load_bytes,
+            "load_seconds": self.load_seconds,
+            "store_bytes": self.store_bytes,
+            "store_seconds": self.store_seconds,
+        }

@@ -1,0 +1,85 @@
+"""Copy kernels between vLLM's paged KV cache and kvpanel's host chunk slots.
+
+Primitives:
+- ``gather_chunks(layers, block_ids, slots, *, stream=None)``: paged KV -> chunk slots.
+- ``scatter_chunks(slots, block_ids, layers, *, stream=None)``: chunk slots -> paged KV.
+- ``chunk_nbytes(layers, blocks_per_chunk)``: bytes one chunk slot needs.
+- ``backend_for(layers)``: "triton" or "torch", the backend a call on ``layers`` uses.
+
+``layers[l]`` is a ``(num_blocks, page_bytes_l)`` int8/uint8 view of one layer's KV;
+``block_ids`` is an int64 ``(num_chunks, blocks_per_chunk)`` CPU tensor, -1 = skip that
+sub-block; ``slots[c]`` is a 1-D uint8 tensor receiving chunk ``c`` (layout in
+``kvpanel.kernels.layout``). CUDA calls are asynchronous: synchronise ``stream`` (or the
+current stream) before reading slots or reusing them. Set ``KVPANEL_KERNEL_BACKEND=torch``
+to force the fallback. Triton is imported only when a CUDA call first needs it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+
+import torch
+
+from kvpanel.kernels import torch_copy
+from kvpanel.kernels.layout import chunk_nbytes
+
+__all__ = ["backend_for", "chunk_nbytes", "gather_chunks", "scatter_chunks"]
+
+
+@functools.cache
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken install must degrade to torch, not break the connector
+        return False
+    return True
+
+
+def backend_for(layers: Sequence[torch.Tensor]) -> str:
+    """ "triton" when ``layers`` are CUDA tensors and Triton imports, else "torch"."""
+    if os.environ.get("KVPANEL_KERNEL_BACKEND", "") == "torch":
+        return "torch"
+    if len(layers) == 0 or layers[0].device.type != "cuda":
+        return "torch"
+    return "triton" if _triton_available() else "torch"
+
+
+def _triton_module(layers: Sequence[torch.Tensor], slots: Sequence[torch.Tensor]):  # type: ignore[no-untyped-def]
+    """The Triton module when it can run this call, else None (-> torch fallback)."""
+    if backend_for(layers) != "triton":
+        return None
+    from kvpanel.kernels import triton_copy
+
+    return None if triton_copy.unsupported_reason(layers, slots) else triton_copy
+
+
+def gather_chunks(
+    layers: Sequence[torch.Tensor],
+    block_ids: torch.Tensor,
+    slots: Sequence[torch.Tensor],
+    *,
+    stream: torch.cuda.Stream | None = None,
+) -> None:
+    """GPU paged KV -> host chunk slots; slots[c] receives chunk c, -1 entries are skipped."""
+    mod = _triton_module(layers, slots)
+    if mod is not None:
+        mod.gather_chunks(layers, block_ids, slots, stream=stream)
+    else:
+        torch_copy.gather_chunks(layers, block_ids, slots, stream=stream)
+
+
+def scatter_chunks(
+    slots: Sequence[torch.Tensor],
+    block_ids: torch.Tensor,
+    layers: Sequence[torch.Tensor],
+    *,
+    stream: torch.cuda.Stream | None = None,
+) -> None:
+    """Host chunk slots -> paged KV (inverse of gather_chunks); -1 entries are not written."""
+    mod = _triton_module(layers, slots)
+    if mod is not None:
+        mod.scatter_chunks(slots, block_ids, layers, stream=stream)
+    else:
+        torch_copy.scatter_chunks(slots, block_ids, layers, stream=stream)

@@ -1,0 +1,98 @@
+"""Chunk-slot layout and argument checks shared by every copy backend.
+
+Primitives:
+- ``page_sizes(layers)``: bytes of one paged block per layer.
+- ``chunk_nbytes(layers, blocks_per_chunk)``: bytes of one host chunk slot.
+- ``Layout`` / ``check_args(layers, block_ids, slots)``: validated geometry of one call.
+
+A slot holds ``blocks_per_chunk`` consecutive blocks of every layer, layer-major::
+
+    offset(l, b) = blocks_per_chunk * sum(page_bytes[:l]) + b * page_bytes[l]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+_BYTE_DTYPES = (torch.int8, torch.uint8)
+
+
+def page_sizes(layers: Sequence[torch.Tensor]) -> list[int]:
+    """Bytes per paged block of each layer (``layers[l]`` is ``(num_blocks, page_bytes)``)."""
+    sizes = []
+    for i, layer in enumerate(layers):
+        if layer.dim() != 2 or layer.dtype not in _BYTE_DTYPES:
+            raise ValueError(
+                f"layers[{i}] must be a 2-D int8/uint8 tensor, "
+                f"got {layer.dtype} {tuple(layer.shape)}"
+            )
+        # Rows may be strided (views into a shared K/V tensor), but bytes inside a row
+        # must be contiguous or a page is not one memory range.
+        if layer.shape[1] > 1 and layer.stride(1) != 1:
+            raise ValueError(f"layers[{i}] rows must be contiguous (stride(1) == 1)")
+        sizes.append(int(layer.shape[1]))
+    return sizes
+
+
+def chunk_nbytes(layers: Sequence[torch.Tensor], blocks_per_chunk: int) -> int:
+    """Bytes one chunk slot needs: ``blocks_per_chunk`` blocks of every layer."""
+    return blocks_per_chunk * sum(page_sizes(layers))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Geometry of one gather/scatter call, after validation."""
+
+    pages: list[int]  # page bytes per layer
+    offsets: list[int]  # byte offset of each layer's first sub-block inside a slot
+    num_chunks: int
+    blocks_per_chunk: int
+    nbytes: int  # bytes of a chunk inside a slot
+
+    @property
+    def uniform_page(self) -> int | None:
+        """The shared page size when every layer has the same one, else None."""
+        return self.pages[0] if len(set(self.pages)) == 1 else None
+
+
+def check_args(
+    layers: Sequence[torch.Tensor], block_ids: torch.Tensor, slots: Sequence[torch.Tensor]
+) -> Layout:
+    """Validate one call's arguments and return its layout; raise ValueError on misuse."""
+    if len(layers) == 0:
+        raise ValueError("need at least one layer")
+    pages = page_sizes(layers)
+    device = layers[0].device
+    if any(layer.device != device for layer in layers):
+        raise ValueError("all layers must live on one device")
+    if block_ids.dim() != 2 or block_ids.dtype != torch.int64:
+        raise ValueError(
+            f"block_ids must be int64 (num_chunks, blocks_per_chunk), got "
+            f"{block_ids.dtype} {tuple(block_ids.shape)}"
+        )
+    if block_ids.device.type != "cpu":
+        raise ValueError("block_ids must be a CPU tensor (descriptors are built on the host)")
+    num_chunks, bpc = (int(s) for s in block_ids.shape)
+    if len(slots) != num_chunks:
+        raise ValueError(f"got {len(slots)} slots for {num_chunks} chunks")
+    offsets = []
+    total = 0
+    for page in pages:
+        offsets.append(total)
+        total += bpc * page
+    for c, slot in enumerate(slots):
+        if slot.dim() != 1 or slot.dtype != torch.uint8 or not slot.is_contiguous():
+            raise ValueError(f"slots[{c}] must be a contiguous 1-D uint8 tensor")
+        if slot.numel() < total:
+            raise ValueError(f"slots[{c}] holds {slot.numel()} bytes, chunk needs {total}")
+    if block_ids.numel() > 0:
+        lo = int(block_ids.min())
+        hi = int(block_ids.max())
+        limit = min(int(layer.shape[0]) for layer in layers)
+        # An out-of-range id would be a silent wild write on the Triton path.
+        if lo < -1 or hi >= limit:
+            raise ValueError(f"block ids must lie in [-1, {limit}), got [{lo}, {hi}]")
+    return Layout(pages, offsets, num_chunks, bpc, total)

@@ -1,0 +1,1 @@
+"""Metrics: vLLM's stat loggers + kvpanel's tier stats -> one immutable status snapshot."""

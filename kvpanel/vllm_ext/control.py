@@ -1,0 +1,103 @@
+"""kvpanel's control channel into the engine-core process, where the store lives.
+
+vLLM runs the scheduler (and with one GPU the worker) in a child process; the API server and
+the panel live in the parent. This is a small JSON-lines protocol over a Unix socket that only
+the owning user can open (mode 0600):
+
+    {"op": "stats"}                               -> {"ok": true, "tiers": {name: TierStats}}
+    {"op": "resize", "tier": "cpu", "bytes": N}   -> {"ok": true, "tiers": ...}
+    {"op": "clear", "tier": "cpu"}                -> {"ok": true, "tiers": ...}
+    anything wrong                                -> {"ok": false, "error": "one line"}
+
+Primitives: start_control_server(path, store) in the engine; ControlClient(path) in the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import socketserver
+import threading
+from typing import Any
+
+from kvpanel.cache.store import TieredStore
+
+_servers: dict[str, socketserver.BaseServer] = {}
+_lock = threading.Lock()
+MAX_REQUEST = 64 * 1024
+
+
+def handle_request(store: TieredStore, request: Any) -> dict[str, Any]:
+    if not isinstance(request, dict):
+        return {"ok": False, "error": "request must be a JSON object"}
+    op = request.get("op")
+    try:
+        if op == "stats":
+            pass
+        elif op == "resize":
+            size = request.get("bytes")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                return {"ok": False, "error": f"bytes must be a non-negative integer, got {size!r}"}
+            store.resize(str(request.get("tier")), size)
+        elif op == "clear":
+            store.clear(str(request.get("tier")))
+        else:
+            return {"ok": False, "error": f"unknown op {op!r}"}
+    except ValueError as e:
+        return {"ok": False, "error": str(e)}
+    return {"ok": True, "tiers": {n: t.to_dict() for n, t in store.stats().items()}}
+
+
+def start_control_server(path: str, store: TieredStore) -> None:
+    """Serve the store on `path` from a daemon thread (idempotent per path)."""
+    with _lock:
+        if path in _servers:
+            return
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                for line in self.rfile:
+                    if len(line) > MAX_REQUEST:
+                        reply = {"ok": False, "error": "request too large"}
+                    else:
+                        try:
+                            reply = handle_request(store, json.loads(line))
+                        except json.JSONDecodeError as e:
+                            reply = {"ok": False, "error": f"malformed JSON: {e.msg}"}
+                    self.wfile.write(json.dumps(reply).encode() + b"\n")
+                    self.wfile.flush()
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        old = os.umask(0o177)
+        try:
+            server = socketserver.ThreadingUnixStreamServer(path, Handler)
+        finally:
+            os.umask(old)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="kvpanel-control", daemon=True).start()
+        _servers[path] = server
+
+
+class ControlClient:
+    """Blocking client for the engine's control socket (one request per call)."""
+
+    def __init__(self, path: str, timeout: float = 5.0):
+        self.path = path
+        self.timeout = timeout
+
+    def call(self, **request: Any) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(self.timeout)
+            s.connect(self.path)
+            s.sendall(json.dumps(request).encode() + b"\n")
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        reply: dict[str, Any] = json.loads(buf)
+        return reply

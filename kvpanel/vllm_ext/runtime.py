@@ -1,0 +1,55 @@
+"""The one TieredStore per engine, shared by the manager (scheduler) and worker halves.
+
+vLLM builds the OffloadingSpec twice in the engine-core process: once for the worker (first,
+when KV caches are registered) and once for the scheduler. With one GPU per engine (TP=1, the
+"uni" executor, and always on vLLM's CPU platform) both halves run in that process, so they
+share the store through this registry instead of shipping KV bytes between them.
+
+Primitives:
+    open_store(engine_id, factory)  - get or create the engine's store
+    get_store(engine_id)            - the store, or None
+    all_stores()                    - for stats and control in this process
+    close_all()                     - flush disk writes and release files (process exit)
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from collections.abc import Callable
+
+from kvpanel.cache.store import TieredStore
+
+_lock = threading.Lock()
+_stores: dict[str, TieredStore] = {}
+
+
+def open_store(engine_id: str, factory: Callable[[], TieredStore]) -> TieredStore:
+    with _lock:
+        store = _stores.get(engine_id)
+        if store is None:
+            store = factory()
+            _stores[engine_id] = store
+        return store
+
+
+def get_store(engine_id: str) -> TieredStore | None:
+    with _lock:
+        return _stores.get(engine_id)
+
+
+def all_stores() -> dict[str, TieredStore]:
+    with _lock:
+        return dict(_stores)
+
+
+def close_all() -> None:
+    with _lock:
+        stores = list(_stores.values())
+        _stores.clear()
+    for store in stores:
+        store.close()
+
+
+# Flush queued disk writes on a clean interpreter exit so a restart finds them.
+atexit.register(close_all)

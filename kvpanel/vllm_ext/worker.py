@@ -1,0 +1,154 @@
+"""Worker half: moves chunks between vLLM's paged KV and kvpanel's CPU-tier slots.
+
+vLLM describes a transfer as GPU block ids per KV group (``GPULoadStoreSpec``) plus one slot id
+per offload chunk (``SlotSpec``). A chunk holds ``blocks_per_chunk`` consecutive blocks of every
+layer of its group, layer-major (the ``kvpanel.kernels`` slot layout). The first chunk of a group
+may be entered part-way (``block_indices``) and the last may end early: those sub-blocks are -1.
+
+On CUDA the copies run on their own stream through the Triton kernels and complete
+asynchronously (an event per job); on vLLM's CPU platform they are plain torch copies that are
+done when submit returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import NamedTuple
+
+import torch
+
+from kvpanel import kernels
+from kvpanel.cache.store import TieredStore
+from kvpanel.vllm_ext.compat import (
+    BlockIDsLoadStoreSpec,
+    CanonicalKVCaches,
+    GPULoadStoreSpec,
+    LoadStoreSpec,
+    OffloadingWorker,
+    TransferResult,
+)
+
+
+class _Job(NamedTuple):
+    job_id: int
+    nbytes: int
+    is_load: bool
+    cpu_seconds: float
+    start_event: object | None
+    end_event: object | None
+
+
+def group_layers(kv_caches: CanonicalKVCaches) -> list[list[torch.Tensor]]:
+    """Per KV group, the per-layer ``(num_blocks, page_bytes)`` int8 views the kernels copy."""
+    rows = [
+        t.tensor.view(torch.int8).view(-1, t.page_size_bytes) for t in kv_caches.tensors
+    ]
+    return [
+        [rows[ref.tensor_idx][:, : ref.page_size_bytes] for ref in refs]
+        for refs in kv_caches.group_data_refs
+    ]
+
+
+def chunk_block_table(
+    gpu_blocks: list[int], first_block_index: int, blocks_per_chunk: int
+) -> torch.Tensor:
+    """(num_chunks, blocks_per_chunk) GPU block ids, -1 where a chunk is not covered."""
+    skip = first_block_index % blocks_per_chunk
+    n_chunks = -(-(skip + len(gpu_blocks)) // blocks_per_chunk)
+    table = torch.full((n_chunks * blocks_per_chunk,), -1, dtype=torch.int64)
+    table[skip : skip + len(gpu_blocks)] = torch.as_tensor(gpu_blocks, dtype=torch.int64)
+    return table.view(n_chunks, blocks_per_chunk)
+
+
+class KvpanelWorker(OffloadingWorker):
+    def __init__(self, store: TieredStore, kv_caches: CanonicalKVCaches, blocks_per_chunk: int):
+        self.store = store
+        self.blocks_per_chunk = blocks_per_chunk
+        self.layers = group_layers(kv_caches)
+        need = max(kernels.chunk_nbytes(g, blocks_per_chunk) for g in self.layers if g)
+        if need > store.cpu.slot_bytes:
+            raise ValueError(
+                f"kvpanel slot of {store.cpu.slot_bytes} bytes cannot hold a chunk of {need} bytes"
+            )
+        self.on_cuda = any(t.is_cuda for g in self.layers for t in g)
+        self.stream = torch.cuda.Stream() if self.on_cuda else None
+        self._jobs: deque[_Job] = deque()
+        self._done: list[TransferResult] = []
+
+    def _plan(self, gpu: GPULoadStoreSpec, slots: LoadStoreSpec) -> list:
+        assert isinstance(slots, BlockIDsLoadStoreSpec)
+        slot_ids = [int(s) for s in slots.block_ids]
+        ids = gpu.block_ids.tolist()
+        plan = []
+        gpu_pos = slot_pos = 0
+        for g, (size, first) in enumerate(zip(gpu.group_sizes, gpu.block_indices, strict=True)):
+            if size == 0:
+                continue
+            table = chunk_block_table(ids[gpu_pos : gpu_pos + size], first, self.blocks_per_chunk)
+            n = table.shape[0]
+            views = [self.store.view(s) for s in slot_ids[slot_pos : slot_pos + n]]
+            plan.append((self.layers[g], table, views))
+            gpu_pos += size
+            slot_pos += n
+        assert gpu_pos == len(ids) and slot_pos == len(slot_ids), "spec/slot mismatch"
+        return plan
+
+    def _run(self, job_id: int, plan: list, to_slots: bool) -> bool:
+        nbytes = 0
+        start_event = end_event = None
+        if self.stream is not None:
+            start_event = torch.cuda.Event(enable_timing=True)
+            end_event = torch.cuda.Event(enable_timing=True)
+            # Stores read KV the model just wrote; loads write blocks the scheduler may have
+            # zeroed on the compute stream: order both after it.
+            self.stream.wait_stream(torch.cuda.current_stream())
+            start_event.record(self.stream)
+        started = time.perf_counter()
+        for layers, table, views in plan:
+            if to_slots:
+                kernels.gather_chunks(layers, table, views, stream=self.stream)
+            else:
+                kernels.scatter_chunks(views, table, layers, stream=self.stream)
+            valid = int((table >= 0).sum())
+            nbytes += valid * sum(t.shape[1] for t in layers)
+        if end_event is not None:
+            end_event.record(self.stream)
+        cpu_seconds = time.perf_counter() - started
+        self._jobs.append(_Job(job_id, nbytes, not to_slots, cpu_seconds, start_event, end_event))
+        return True
+
+    def submit_store(
+        self, job_id: int, src_spec: GPULoadStoreSpec, dst_spec: LoadStoreSpec
+    ) -> bool:
+        return self._run(job_id, self._plan(src_spec, dst_spec), to_slots=True)
+
+    def submit_load(
+        self, job_id: int, src_spec: LoadStoreSpec, dst_spec: GPULoadStoreSpec
+    ) -> bool:
+        return self._run(job_id, self._plan(dst_spec, src_spec), to_slots=False)
+
+    def get_finished(self) -> list[TransferResult]:
+        results = []
+        while self._jobs:
+            job = self._jobs[0]
+            if job.end_event is not None:
+                if not job.end_event.query():  # type: ignore[attr-defined]
+                    break
+                seconds = job.start_event.elapsed_time(job.end_event) * 1e-3  # type: ignore[attr-defined]
+            else:
+                seconds = job.cpu_seconds
+            self._jobs.popleft()
+            self.store.record_transfer(job.nbytes, seconds, load=job.is_load)
+            results.append(TransferResult(job.job_id, True, job.nbytes, seconds))
+        return results
+
+    def wait(self, job_ids: set[int]) -> None:
+        for job in list(self._jobs):
+            if job.job_id in job_ids and job.end_event is not None:
+                job.end_event.synchronize()  # type: ignore[attr-defined]
+
+    def shutdown(self) -> None:
+        if self.stream is not None:
+            self.stream.synchronize()
+        self._jobs.clear()

@@ -1,0 +1,280 @@
+import errno
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import CHUNK_BYTES, REPO_ROOT, key, make_fp, payload
+
+from kvpanel.cache import disk_format as fmt
+from kvpanel.cache.disk_tier import DiskTier, DiskTierError
+from kvpanel.cache.keys import Fingerprint
+
+FILE_BYTES = fmt.HEADER_BYTES + CHUNK_BYTES
+
+
+def data(i: int) -> bytes:
+    return bytes(payload(i).tolist())
+
+
+@pytest.fixture
+def tier(tmp_path: Path, fp: Fingerprint):
+    t = DiskTier(tmp_path, fp, 100 * FILE_BYTES)
+    yield t
+    t.close()
+
+
+def path_of(t: DiskTier, i: int) -> Path:
+    return fmt.chunk_path(t.dir, key(i))
+
+
+def test_round_trip_sync_and_async(tier: DiskTier) -> None:
+    assert tier.put(key(1), data(1))
+    done = threading.Event()
+    results: list[bool] = []
+
+    def on_done(ok: bool) -> None:
+        results.append(ok)
+        done.set()
+
+    assert tier.put_async(key(2), payload(2), on_done)
+    assert done.wait(5) and results == [True]
+    assert tier.get(key(1)) == data(1)
+    out = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)
+    assert tier.read_into(key(2), out) and torch.equal(out, payload(2))
+    assert tier.lookup(key(1)) and not tier.lookup(key(3))
+    assert tier.get(key(3)) is None
+    s = tier.stats()
+    assert (s.name, s.chunks, s.hits, s.misses, s.errors) == ("disk", 2, 1, 1, 0)
+    assert s.used_bytes == 2 * FILE_BYTES and s.bytes_in == 2 * CHUNK_BYTES
+    assert path_of(tier, 1).exists()
+    assert tier.evict(key(1)) and not path_of(tier, 1).exists() and not tier.contains(key(1))
+
+
+def test_restart_rebuilds_index(tmp_path: Path, fp: Fingerprint) -> None:
+    t = DiskTier(tmp_path, fp, 100 * FILE_BYTES)
+    for i in range(5):
+        assert t.put_async(key(i), data(i))
+    assert t.flush(5)
+    t.close()
+    t.close()  # idempotent
+    stale = path_of(t, 0).with_name("junk.kvc.tmp.123.abcd")
+    stale.write_bytes(b"partial")
+    t2 = DiskTier(tmp_path, fp, 100 * FILE_BYTES)
+    try:
+        assert sorted(t2.keys()) == sorted(key(i) for i in range(5))
+        assert t2.get(key(3)) == data(3)
+        assert not stale.exists()
+    finally:
+        t2.close()
+
+
+def test_truncated_file_deleted_at_start_and_on_read(tmp_path: Path, fp: Fingerprint) -> None:
+    t = DiskTier(tmp_path, fp, 100 * FILE_BYTES)
+    t.put(key(1), data(1))
+    t.put(key(2), data(2))
+    with open(path_of(t, 2), "r+b") as f:
+        f.truncate(FILE_BYTES - 10)
+    assert t.get(key(2)) is None
+    assert not path_of(t, 2).exists() and not t.contains(key(2))
+    assert t.stats().errors == 1
+    with open(path_of(t, 1), "r+b") as f:
+        f.truncate(100)
+    t.close()
+    t2 = DiskTier(tmp_path, fp, 100 * FILE_BYTES)
+    try:
+        assert not t2.contains(key(1)) and not path_of(t, 1).exists()
+    finally:
+        t2.close()
+
+
+def test_bit_flip_is_a_miss_and_deleted(tier: DiskTier) -> None:
+    tier.put(key(1), data(1))
+    p = path_of(tier, 1)
+    raw = bytearray(p.read_bytes())
+    raw[fmt.HEADER_BYTES + 1234] ^= 0x01
+    p.write_bytes(bytes(raw))
+    out = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)
+    assert not tier.read_into(key(1), out)
+    assert not p.exists() and not tier.contains(key(1)) and tier.stats().errors == 1
+
+
+def test_foreign_header_is_a_miss(tier: DiskTier, tmp_path: Path) -> None:
+    # A valid file of another key copied under this key's name.
+    tier.put(key(1), data(1))
+    tier.put(key(2), data(2))
+    path_of(tier, 2).write_bytes(path_of(tier, 1).read_bytes())
+    assert tier.get(key(2)) is None and not path_of(tier, 2).exists()
+    # A valid file of another fingerprint under this key's name.
+    other = DiskTier(tmp_path / "other", make_fp(model="other"), 10 * FILE_BYTES)
+    other.put(key(1), data(9))
+    other.close()
+    path_of(tier, 1).write_bytes(path_of(other, 1).read_bytes())
+    assert tier.get(key(1)) is None and not path_of(tier, 1).exists()
+    assert tier.stats().errors == 2
+
+
+def test_other_fingerprint_dir_ignored(tmp_path: Path, fp: Fingerprint) -> None:
+    other_fp = make_fp(model="other")
+    other = DiskTier(tmp_path, other_fp, 10 * FILE_BYTES)
+    other.put(key(1), data(1))
+    other.close()
+    t = DiskTier(tmp_path, fp, 10 * FILE_BYTES)
+    try:
+        assert t.keys() == [] and not t.contains(key(1))
+        t.clear()
+        assert path_of(other, 1).exists()
+    finally:
+        t.close()
+
+
+def test_capacity_eviction_lru(tmp_path: Path, fp: Fingerprint) -> None:
+    t = DiskTier(tmp_path, fp, 3 * FILE_BYTES)
+    try:
+        for i in (1, 2, 3):
+            t.put(key(i), data(i))
+        assert t.lookup(key(1))
+        t.put(key(4), data(4))
+        assert sorted(t.keys()) == sorted([key(1), key(3), key(4)])
+        assert not path_of(t, 2).exists()
+        assert t.resize(FILE_BYTES) == [key(3), key(1)]
+        assert t.used_bytes == FILE_BYTES and t.stats().evictions == 3
+        assert not t.put(key(5), b"x" * (2 * FILE_BYTES))  # can never fit
+    finally:
+        t.close()
+
+
+def test_over_capacity_at_start(tmp_path: Path, fp: Fingerprint) -> None:
+    t = DiskTier(tmp_path, fp, 10 * FILE_BYTES)
+    for i in range(4):
+        t.put(key(i), data(i))
+        os.utime(path_of(t, i), (1000 + i, 1000 + i))  # deterministic LRU order
+    t.close()
+    t2 = DiskTier(tmp_path, fp, 2 * FILE_BYTES)
+    try:
+        assert sorted(t2.keys()) == sorted([key(2), key(3)])
+        assert not path_of(t, 0).exists()
+    finally:
+        t2.close()
+
+
+def test_unusable_paths(tmp_path: Path, fp: Fingerprint) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(DiskTierError, match="not a directory"):
+        DiskTier(afile, fp, FILE_BYTES)
+    with pytest.raises(DiskTierError, match="not usable"):
+        DiskTier(afile / "sub", fp, FILE_BYTES)
+
+
+def test_lock_refuses_second_owner(tmp_path: Path, fp: Fingerprint) -> None:
+    t = DiskTier(tmp_path, fp, FILE_BYTES)
+    try:
+        with pytest.raises(
+            DiskTierError, match=f"in use by another kvpanel process .pid {os.getpid()}"
+        ):
+            DiskTier(tmp_path, fp, FILE_BYTES)
+    finally:
+        t.close()
+    DiskTier(tmp_path, fp, FILE_BYTES).close()  # free again after close
+
+
+def test_lock_held_by_other_process(tmp_path: Path, fp: Fingerprint) -> None:
+    code = (
+        "import sys, time; sys.path[:0] = sys.argv[1:3]; "
+        "from conftest import make_fp; from kvpanel.cache.disk_tier import DiskTier; "
+        "t = DiskTier(sys.argv[3], make_fp(), 1 << 20); print('ready', flush=True); "
+        "sys.stdin.read()"
+    )
+    here = os.path.dirname(__file__)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(REPO_ROOT), here, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with pytest.raises(DiskTierError, match=f"pid {proc.pid}"):
+            DiskTier(tmp_path, fp, FILE_BYTES)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(10)
+    DiskTier(tmp_path, fp, FILE_BYTES).close()
+
+
+def test_disk_full_stops_admitting(
+    tmp_path: Path, fp: Fingerprint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = DiskTier(tmp_path, fp, 100 * FILE_BYTES, full_retry_s=0.3)
+    try:
+        t.put(key(1), data(1))
+        real_write = os.write
+
+        def enospc(fd: int, buf: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(fmt.os, "write", enospc)
+        results: list[bool] = []
+        done = threading.Event()
+
+        def on_done(ok: bool) -> None:
+            results.append(ok)
+            done.set()
+
+        assert t.put_async(key(2), data(2), on_done)
+        assert done.wait(5) and results == [False]
+        s = t.stats()
+        assert s.note == "full" and not s.healthy and s.errors == 1
+        assert not t.put_async(key(3), data(3))
+        assert not t.put(key(3), data(3))
+        assert not any(".tmp." in p.name for p in path_of(t, 2).parent.iterdir())
+        assert not t.contains(key(2))
+        monkeypatch.setattr(fmt.os, "write", real_write)
+        assert t.get(key(1)) == data(1)  # reads still work
+        time.sleep(0.35)  # retry window elapsed
+        assert t.put(key(3), data(3)) and t.stats().note == ""
+    finally:
+        t.close()
+
+
+def test_full_cleared_by_eviction(
+    tmp_path: Path, fp: Fingerprint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    t = DiskTier(tmp_path, fp, 100 * FILE_BYTES)
+    try:
+        t.put(key(1), data(1))
+        with monkeypatch.context() as m:
+            m.setattr(fmt, "_write_all", lambda fd, buf: (_ for _ in ()).throw(OSError(28, "x")))
+            assert not t.put(key(2), data(2))
+        assert t.stats().note == "full"
+        assert t.evict(key(1))
+        assert t.stats().note == "" and t.put(key(2), data(2))
+    finally:
+        t.close()
+
+
+def test_queue_full_counts_dropped(tmp_path: Path, fp: Fingerprint) -> None:
+    t = DiskTier(tmp_path, fp, 100 * FILE_BYTES, max_queue=1)
+    gate = threading.Event()
+
+    def block_writer(ok: bool) -> None:
+        gate.wait(5)
+
+    try:
+        assert t.put_async(key(1), data(1), block_writer)  # writer blocks in its callback
+        deadline = time.monotonic() + 5
+        while t.contains(key(1)) is False and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert t.put_async(key(2), data(2))  # fills the queue
+        assert not t.put_async(key(3), data(3))
+        assert t.stats().dropped == 1
+    finally:
+        gate.set()
+        t.close()
+    assert not t.put_async(key(4), data(4))  # closed
