@@ -69,7 +69,9 @@ class CacheSettings:
         if disk_path:
             disk_path = str(Path(disk_path).expanduser().resolve())
             check_writable_dir(disk_path)
-        if self.remote_url and not self.remote_url.startswith(("redis://", "rediss://")):
+        if self.remote_url and not self.remote_url.startswith(
+            ("redis://", "rediss://", "redis+cluster://")
+        ):
             raise ConfigError(
                 f"remote_url {self.remote_url!r} is not supported: use redis://host:port[/db]"
             )

@@ -74,6 +74,7 @@ class ServeProcess:
         self.url: str | None = None
         self.token: str | None = None
         self.last_status: dict[str, Any] | None = None
+        self.statuses: deque[dict[str, Any]] = deque(maxlen=1000)
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         self._ready = threading.Event()
         self._log: IO[str] | None = open(log_path, "w") if log_path else None  # noqa: SIM115
@@ -125,6 +126,7 @@ class ServeProcess:
                 self._ready.set()
             else:
                 self.last_status = event
+                self.statuses.append(event)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None

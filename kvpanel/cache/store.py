@@ -1,31 +1,42 @@
 """Tiered store: the facade the vLLM integration talks to.
 
 Primitives:
-- ``LookupState``: HIT (READY in CPU), PENDING (being promoted from disk), MISS.
-- ``TieredStore``: a ``CpuTier`` plus an optional ``DiskTier``; CPU commits are written
-  through to disk in the background, disk hits are promoted into CPU slots in the background.
+- ``LookupState``: HIT (READY in CPU), PENDING (being promoted from disk or Redis), MISS.
+- ``TieredStore``: a ``CpuTier`` plus an optional ``DiskTier`` and an optional ``RemoteTier``
+  (Redis, ``remote_url``); CPU commits are written through to both in the background, and
+  lookups go CPU -> disk -> remote, promoting hits into CPU slots in the background.
+
+Remote lookups never do I/O on the caller's (scheduler's) thread: a key the remote tier may
+have is answered PENDING while a fetch thread GETs it; absent or invalid values end as a MISS
+on a later poll (the remote tier remembers them briefly), valid ones as a CPU HIT. A CPU slot
+is reserved only once the bytes are in hand, so a cold prompt evicts nothing.
 
 Lock order: store lock -> tier locks. Tiers never call back into the store while holding
-their own locks, and disk write completions only touch the CPU tier.
+their own locks, and write completions only touch the CPU tier.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from kvpanel.cache.buffers import copy_into
 from kvpanel.cache.cpu_tier import CpuTier, Reservation
 from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.stats import TierStats, TransferTotals
 
-TIERS = ("cpu", "disk")
+if TYPE_CHECKING:  # imported when used: redis-py is only needed with a remote_url
+    from kvpanel.cache.remote_tier import RemoteTier
+
+TIERS = ("cpu", "disk", "remote")
 
 
 class LookupState(Enum):
@@ -44,6 +55,9 @@ class TieredStore:
         disk_bytes: int = 0,
         pin_memory: bool = False,
         promote_workers: int = 1,
+        remote_url: str | None = None,
+        remote_workers: int = 4,
+        remote_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.fingerprint = fp
         self.cpu = CpuTier(cpu_bytes, fp.chunk_bytes, pin=pin_memory)
@@ -58,6 +72,19 @@ class TieredStore:
         self._promoter = ThreadPoolExecutor(
             max_workers=max(1, promote_workers), thread_name_prefix="kvpanel-promote"
         )
+        # Redis errors never raise from here (an unreachable Redis is an unhealthy tier); a
+        # malformed URL does, as a ValueError, since that is a configuration mistake.
+        self.remote: RemoteTier | None = None
+        self._fetcher: ThreadPoolExecutor | None = None
+        if remote_url:
+            from kvpanel.cache.remote_tier import RemoteTier
+
+            self.remote = RemoteTier(remote_url, fp, **dict(remote_options or {}))
+            # Own pool: a slow Redis must not hold up disk promotions, and several GETs in
+            # flight hide the round trip when a prompt's chunks are looked up one by one.
+            self._fetcher = ThreadPoolExecutor(
+                max_workers=max(1, remote_workers), thread_name_prefix="kvpanel-remote-get"
+            )
         self._closed = False
 
     # ----- lookups ----------------------------------------------------------------------------
@@ -68,14 +95,19 @@ class TieredStore:
                 return LookupState.PENDING  # counted when the promotion started
             if self.cpu.lookup(key):
                 return LookupState.HIT
-            if self.disk is None or self._closed or not self.disk.lookup(key):
+            if self._closed:
                 return LookupState.MISS
-            # Reserve here, not in the worker, so "no CPU room" is a MISS right away instead of
-            # a PENDING that fails later and is retried on every poll.
-            res = self.cpu.reserve([key])
-            if res is None or not res.keys:
+            if self.disk is not None and self.disk.lookup(key):
+                # Reserve here, not in the worker, so "no CPU room" is a MISS right away
+                # instead of a PENDING that fails later and is retried on every poll.
+                res = self.cpu.reserve([key])
+                if res is None or not res.keys:
+                    return LookupState.MISS
+                self._pending[key] = self._promoter.submit(self._promote, key, res.slots[0])
+                return LookupState.PENDING
+            if self.remote is None or self._fetcher is None or not self.remote.may_have(key):
                 return LookupState.MISS
-            self._pending[key] = self._promoter.submit(self._promote, key, res.slots[0])
+            self._pending[key] = self._fetcher.submit(self._fetch_remote, key)
             return LookupState.PENDING
 
     def has_pending(self) -> bool:
@@ -89,6 +121,29 @@ class TieredStore:
             ok = self.disk.read_into(key, self.cpu.view(slot))
         finally:
             self.cpu.commit([key], success=ok)
+            with self._lock:
+                self._pending.pop(key, None)
+
+    def _fetch_remote(self, key: ChunkKey) -> None:
+        remote = self.remote
+        try:
+            assert remote is not None
+            payload = remote.get(key, expect_bytes=self.cpu.slot_bytes)
+            if payload is None:
+                return  # remembered as a miss by the tier (or the tier is down)
+            res = self.cpu.reserve([key])
+            if res is None:
+                remote.note_miss(key)  # no CPU room: do not GET it again on every poll
+                return
+            if not res.keys:
+                return  # stored meanwhile by the engine itself
+            ok = False
+            try:
+                copy_into(self.cpu.view(res.slots[0]), payload)
+                ok = True
+            finally:
+                self.cpu.commit(res.keys, success=ok)
+        finally:
             with self._lock:
                 self._pending.pop(key, None)
 
@@ -117,20 +172,31 @@ class TieredStore:
         return self._transfers.copy()
 
     def commit(self, keys: Iterable[ChunkKey], success: bool = True) -> None:
-        """Publish reserved chunks in CPU and write them through to disk in the background."""
-        disk = self.disk
-        write_through = disk is not None and success and not self._closed
+        """Publish reserved chunks in CPU and write them through to disk and Redis."""
+        targets = [t for t in (self.disk, self.remote) if t is not None]
+        write_through = bool(targets) and success and not self._closed
         ready = self.cpu.commit(keys, success, keep_pinned=write_through)
-        if not write_through or disk is None:
+        if not write_through:
             return
         for key, slot in ready.items():
-            # The slot stays pinned (not evictable, not reused) until its bytes are on disk.
-            if not disk.put_async(key, self.cpu.view(slot), self._unpin_callback(key)):
-                self.cpu.release([key])
+            # The slot stays pinned (not evictable, not reused) until every tier is done
+            # reading it: on disk, or encoded into a Redis value.
+            view = self.cpu.view(slot)
+            on_done = self._unpin_callback(key, len(targets))
+            for tier in targets:
+                if not tier.put_async(key, view, on_done):
+                    on_done(False)
 
-    def _unpin_callback(self, key: ChunkKey) -> Callable[[bool], None]:
+    def _unpin_callback(self, key: ChunkKey, users: int = 1) -> Callable[[bool], None]:
+        left = [users]
+        lock = threading.Lock()
+
         def on_done(_ok: bool) -> None:
-            self.cpu.release([key])
+            with lock:
+                left[0] -= 1
+                last = left[0] == 0
+            if last:
+                self.cpu.release([key])
 
         return on_done
 
@@ -145,6 +211,10 @@ class TieredStore:
                     return []
                 raise ValueError("no disk tier configured (TieredStore was built without a path)")
             return self.disk.resize(capacity_bytes)
+        if tier == "remote":
+            if self.remote is None and capacity_bytes == 0:
+                return []
+            raise ValueError("the remote tier's size is Redis's own (maxmemory); set it there")
         raise ValueError(f"unknown tier {tier!r}, expected one of {TIERS}")
 
     def clear(self, tier: str) -> list[ChunkKey]:
@@ -152,6 +222,8 @@ class TieredStore:
             return self.cpu.clear()
         if tier == "disk":
             return self.disk.clear() if self.disk is not None else []
+        if tier == "remote":
+            return self.remote.clear() if self.remote is not None else []
         raise ValueError(f"unknown tier {tier!r}, expected one of {TIERS}")
 
     def stats(self) -> dict[str, TierStats]:
@@ -160,19 +232,23 @@ class TieredStore:
             if self.disk is not None
             else TierStats("disk", 0, 0, 0, 0, 0, 0, 0, 0, 0, note="disabled")
         )
-        return {"cpu": self.cpu.stats(), "disk": disk}
+        out = {"cpu": self.cpu.stats(), "disk": disk}
+        if self.remote is not None:
+            out["remote"] = self.remote.stats()
+        return out
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait for in-flight promotions and queued disk writes; False on timeout."""
+        """Wait for in-flight promotions and queued disk and Redis writes; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.has_pending():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(0.001)
-        if self.disk is None:
-            return True
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self.disk.flush(left)
+        for tier in (self.disk, self.remote):
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if tier is not None and not tier.flush(left):
+                return False
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -180,8 +256,12 @@ class TieredStore:
                 return
             self._closed = True
         self._promoter.shutdown(wait=True)
+        if self._fetcher is not None:
+            self._fetcher.shutdown(wait=True)
         if self.disk is not None:
             self.disk.close()  # drains queued writes, whose callbacks unpin CPU slots
+        if self.remote is not None:
+            self.remote.close()  # same for Redis writes
 
     def __enter__(self) -> TieredStore:
         return self

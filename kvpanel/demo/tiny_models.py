@@ -72,6 +72,36 @@ GPT_OSS_CONFIG: dict[str, Any] = {
 CONFIGS = {"llama": LLAMA_CONFIG, "gpt-oss": GPT_OSS_CONFIG}
 
 
+def write_word_tokenizer(out_dir: Path, vocab_size: int = VOCAB) -> None:
+    """A word-level tokenizer for the demo, built locally (no hub): the numbers 0..9999, a few
+    English words (LMCache's documents are "{i} hi hi ..."), then filler words up to the model's
+    vocabulary, so text in and text out both work through the OpenAI API."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<unk>", "<s>", "</s>"]
+    words = ["hi", "hello", "the", "a", "is", "of", "and", "to", "in", "what", "document"]
+    numbers = [str(i) for i in range(10000)]
+    vocab_list = specials + words + numbers
+    vocab_list += [f"w{i}" for i in range(vocab_size - len(vocab_list))]
+    vocab = {w: i for i, w in enumerate(vocab_list)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    tok.save(str(out_dir / "tokenizer.json"))
+    (out_dir / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "model_max_length": 4096,
+                "chat_template": "{% for m in messages %}{{ m['content'] }} {% endfor %}",
+            }
+        )
+    )
+
+
 def default_models_dir() -> Path:
     base = os.environ.get("KVPANEL_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "kvpanel"
@@ -94,7 +124,8 @@ def write_tiny_model(
     out = Path(out_dir)
     cfg_dict = dict(CONFIGS[kind], **(overrides or {}))
     marker = out / ".kvpanel-complete"
-    if marker.exists() and json.loads(marker.read_text()) == {"config": cfg_dict, "seed": seed}:
+    stamp = {"config": cfg_dict, "seed": seed, "format": 2}  # 2: with a tokenizer
+    if marker.exists() and json.loads(marker.read_text()) == stamp:
         return out
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.json"
@@ -105,7 +136,8 @@ def write_tiny_model(
     # from_config initialises with std 0.02: enough for logits to depend on every KV entry.
     model.save_pretrained(str(out), safe_serialization=True)
     cfg_path.write_text(json.dumps(cfg_dict, indent=2))  # keep our exact config on disk
-    marker.write_text(json.dumps({"config": cfg_dict, "seed": seed}))
+    write_word_tokenizer(out, cfg_dict["vocab_size"])
+    marker.write_text(json.dumps(stamp))
     return out
 
 

@@ -47,7 +47,9 @@ def check_supported() -> None:
 
         logging.getLogger("kvpanel").warning(
             "kvpanel is tested with vLLM %d.%d..%d.%d; this is %s",
-            *lo, *hi, vllm.__version__,
+            *lo,
+            *hi,
+            vllm.__version__,
         )
 
 
@@ -69,3 +71,28 @@ def ensure_deterministic_block_hashes() -> None:
 
 def request_context_default() -> Any:
     return RequestOffloadingContext()
+
+
+def server_api() -> tuple[Any, Any, Any]:
+    """(make_arg_parser, build_app, init_app_state): moved from ``vllm.entrypoints.openai``
+    (0.26) to ``vllm.entrypoints.launchers`` (0.32+); signatures are the same."""
+    try:
+        from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+        from vllm.entrypoints.launchers.app import build_app
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    except ImportError:  # vLLM 0.26
+        from vllm.entrypoints.openai.api_server import (  # type: ignore[no-redef]
+            build_app,
+            init_app_state,
+        )
+        from vllm.entrypoints.openai.cli_args import make_arg_parser  # type: ignore[no-redef]
+    return make_arg_parser, build_app, init_app_state
+
+
+def native_offload_config(cpu_bytes: int, chunk_tokens: int) -> dict[str, Any]:
+    """vLLM's own OffloadingConnector + CPUOffloadingSpec, for side-by-side comparisons."""
+    return {
+        "kv_connector": "OffloadingConnector",
+        "kv_role": "kv_both",
+        "kv_connector_extra_config": {"cpu_bytes_to_use": cpu_bytes, "block_size": chunk_tokens},
+    }

@@ -7,6 +7,7 @@ the owning user can open (mode 0600):
     {"op": "stats"}                               -> {"ok": true, "tiers": {name: TierStats}}
     {"op": "resize", "tier": "cpu", "bytes": N}   -> {"ok": true, "tiers": ...}
     {"op": "clear", "tier": "cpu"}                -> {"ok": true, "tiers": ...}
+    {"op": "flush", "timeout": 60}                -> {"ok": true|false, ...} (disk writes done)
     anything wrong                                -> {"ok": false, "error": "one line"}
 
 Primitives: start_control_server(path, store) in the engine; ControlClient(path) in the parent.
@@ -17,10 +18,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import socket
 import socketserver
 import threading
 from typing import Any
+
+import psutil
 
 from kvpanel.cache.store import TieredStore
 
@@ -29,10 +33,28 @@ _lock = threading.Lock()
 MAX_REQUEST = 64 * 1024
 
 
+def resize_limit(store: TieredStore, tier: str) -> int:
+    """The largest size a tier may be resized to: more than the machine has is a typo."""
+    if tier == "cpu":
+        return int(psutil.virtual_memory().total * 0.9)
+    if tier == "disk" and store.disk is not None:
+        return shutil.disk_usage(store.disk.dir).total
+    return 1 << 50
+
+
+def _reply(store: TieredStore, ok: bool = True) -> dict[str, Any]:
+    return {
+        "ok": ok,
+        "tiers": {n: t.to_dict() for n, t in store.stats().items()},
+        "transfers": store.transfers().to_dict(),
+    }
+
+
 def handle_request(store: TieredStore, request: Any) -> dict[str, Any]:
     if not isinstance(request, dict):
         return {"ok": False, "error": "request must be a JSON object"}
     op = request.get("op")
+    tier = request.get("tier")
     try:
         if op == "stats":
             pass
@@ -40,14 +62,27 @@ def handle_request(store: TieredStore, request: Any) -> dict[str, Any]:
             size = request.get("bytes")
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 return {"ok": False, "error": f"bytes must be a non-negative integer, got {size!r}"}
-            store.resize(str(request.get("tier")), size)
+            if tier not in store.stats():
+                return {"ok": False, "error": f"unknown tier {tier!r}"}
+            limit = resize_limit(store, str(tier))
+            if size > limit:
+                return {
+                    "ok": False,
+                    "error": f"{tier} size {size} exceeds what this machine has ({limit} bytes)",
+                }
+            store.resize(str(tier), size)
         elif op == "clear":
-            store.clear(str(request.get("tier")))
+            if tier not in store.stats():
+                return {"ok": False, "error": f"unknown tier {tier!r}"}
+            store.clear(str(tier))
+        elif op == "flush":
+            timeout = request.get("timeout", 60)
+            return _reply(store, ok=store.flush(float(timeout)))
         else:
             return {"ok": False, "error": f"unknown op {op!r}"}
     except ValueError as e:
         return {"ok": False, "error": str(e)}
-    return {"ok": True, "tiers": {n: t.to_dict() for n, t in store.stats().items()}}
+    return _reply(store)
 
 
 def start_control_server(path: str, store: TieredStore) -> None:
@@ -84,7 +119,7 @@ def start_control_server(path: str, store: TieredStore) -> None:
 class ControlClient:
     """Blocking client for the engine's control socket (one request per call)."""
 
-    def __init__(self, path: str, timeout: float = 5.0):
+    def __init__(self, path: str, timeout: float = 120.0):
         self.path = path
         self.timeout = timeout
 

@@ -9,6 +9,7 @@ Primitives:
     open_store(engine_id, factory)  - get or create the engine's store
     get_store(engine_id)            - the store, or None
     all_stores()                    - for stats and control in this process
+    mark_managed / check_same_process - the guard that both halves share one process
     close_all()                     - flush disk writes and release files (process exit)
 """
 
@@ -22,6 +23,7 @@ from kvpanel.cache.store import TieredStore
 
 _lock = threading.Lock()
 _stores: dict[str, TieredStore] = {}
+_managed: set[str] = set()  # engines whose scheduler-side manager lives in this process
 
 
 def open_store(engine_id: str, factory: Callable[[], TieredStore]) -> TieredStore:
@@ -31,6 +33,26 @@ def open_store(engine_id: str, factory: Callable[[], TieredStore]) -> TieredStor
             store = factory()
             _stores[engine_id] = store
         return store
+
+
+def mark_managed(engine_id: str) -> None:
+    with _lock:
+        _managed.add(engine_id)
+
+
+def check_same_process(engine_id: str) -> None:
+    """Refuse to copy KV when the scheduler's manager is not in this process.
+
+    With a multi-process executor the worker would fill a store nobody indexes (or worse, read
+    slots another process assigned): fail loudly instead of serving wrong KV.
+    """
+    with _lock:
+        if engine_id in _managed:
+            return
+    raise RuntimeError(
+        "kvpanel's worker runs in a different process from vLLM's scheduler; "
+        "use --distributed-executor-backend uni (one GPU per engine)"
+    )
 
 
 def get_store(engine_id: str) -> TieredStore | None:

@@ -7,9 +7,11 @@ there and with kvpanel's Triton kernels on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import signal
 from pathlib import Path
 
 from kvpanel.cache.keys import Fingerprint
@@ -51,9 +53,7 @@ def model_identity(name: str) -> str:
 
 
 def fingerprint_for(config: OffloadingConfig, settings: CacheSettings) -> Fingerprint:
-    groups = [
-        {"tokens": g.tokens_per_block, "layers": list(g.layer_names)} for g in config.groups
-    ]
+    groups = [{"tokens": g.tokens_per_block, "layers": list(g.layer_names)} for g in config.groups]
     tokens_per_block = config.groups[0].tokens_per_block if config.groups else 0
     return Fingerprint(
         model=settings.model_id or model_identity(config.model.name),
@@ -88,14 +88,18 @@ class KvpanelOffloadingSpec(OffloadingSpec):
             s = self.settings
             log.info(
                 "kvpanel store: cpu %.2f GiB, disk %s (%.2f GiB), chunk %d tokens / %d bytes",
-                s.cpu_bytes / 2**30, s.disk_path, s.disk_bytes / 2**30,
-                self.fingerprint.chunk_tokens, self.fingerprint.chunk_bytes,
+                s.cpu_bytes / 2**30,
+                s.disk_path,
+                s.disk_bytes / 2**30,
+                self.fingerprint.chunk_tokens,
+                self.fingerprint.chunk_bytes,
             )
             return TieredStore(
                 self.fingerprint,
                 cpu_bytes=s.cpu_bytes,
                 disk_path=s.disk_path,
                 disk_bytes=s.disk_bytes,
+                remote_url=s.remote_url,
                 pin_memory=compat.is_cuda(),
             )
 
@@ -104,6 +108,11 @@ class KvpanelOffloadingSpec(OffloadingSpec):
             from kvpanel.vllm_ext.control import start_control_server
 
             start_control_server(self.settings.control_socket, store)
+            # `kvpanel serve` owns this engine's lifecycle: a Ctrl-C in its terminal reaches
+            # every process of the group, and the engine must not die before the parent has
+            # flushed queued disk writes through the control socket.
+            with contextlib.suppress(ValueError):  # not the main thread: leave it alone
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
         return store
 
     def get_manager(self) -> OffloadingManager:
@@ -111,11 +120,14 @@ class KvpanelOffloadingSpec(OffloadingSpec):
             from kvpanel.vllm_ext.manager import KvpanelManager
 
             self._manager = KvpanelManager(self.store(), self.fingerprint)
+            runtime.mark_managed(self.config.engine_id)
         return self._manager
 
     def get_worker(self, kv_caches: CanonicalKVCaches) -> OffloadingWorker:
         if self._worker is None:
             from kvpanel.vllm_ext.worker import KvpanelWorker
 
-            self._worker = KvpanelWorker(self.store(), kv_caches, self.blocks_per_chunk)
+            self._worker = KvpanelWorker(
+                self.store(), kv_caches, self.blocks_per_chunk, self.config.engine_id
+            )
         return self._worker

@@ -20,6 +20,7 @@ import torch
 
 from kvpanel import kernels
 from kvpanel.cache.store import TieredStore
+from kvpanel.vllm_ext import runtime
 from kvpanel.vllm_ext.compat import (
     BlockIDsLoadStoreSpec,
     CanonicalKVCaches,
@@ -41,9 +42,7 @@ class _Job(NamedTuple):
 
 def group_layers(kv_caches: CanonicalKVCaches) -> list[list[torch.Tensor]]:
     """Per KV group, the per-layer ``(num_blocks, page_bytes)`` int8 views the kernels copy."""
-    rows = [
-        t.tensor.view(torch.int8).view(-1, t.page_size_bytes) for t in kv_caches.tensors
-    ]
+    rows = [t.tensor.view(torch.int8).view(-1, t.page_size_bytes) for t in kv_caches.tensors]
     return [
         [rows[ref.tensor_idx][:, : ref.page_size_bytes] for ref in refs]
         for refs in kv_caches.group_data_refs
@@ -62,8 +61,16 @@ def chunk_block_table(
 
 
 class KvpanelWorker(OffloadingWorker):
-    def __init__(self, store: TieredStore, kv_caches: CanonicalKVCaches, blocks_per_chunk: int):
+    def __init__(
+        self,
+        store: TieredStore,
+        kv_caches: CanonicalKVCaches,
+        blocks_per_chunk: int,
+        engine_id: str = "",
+    ):
         self.store = store
+        self.engine_id = engine_id
+        self._checked = False
         self.blocks_per_chunk = blocks_per_chunk
         self.layers = group_layers(kv_caches)
         need = max(kernels.chunk_nbytes(g, blocks_per_chunk) for g in self.layers if g)
@@ -77,6 +84,9 @@ class KvpanelWorker(OffloadingWorker):
         self._done: list[TransferResult] = []
 
     def _plan(self, gpu: GPULoadStoreSpec, slots: LoadStoreSpec) -> list:
+        if not self._checked:  # the scheduler exists by the first transfer
+            runtime.check_same_process(self.engine_id)
+            self._checked = True
         assert isinstance(slots, BlockIDsLoadStoreSpec)
         slot_ids = [int(s) for s in slots.block_ids]
         ids = gpu.block_ids.tolist()
@@ -123,9 +133,7 @@ class KvpanelWorker(OffloadingWorker):
     ) -> bool:
         return self._run(job_id, self._plan(src_spec, dst_spec), to_slots=True)
 
-    def submit_load(
-        self, job_id: int, src_spec: LoadStoreSpec, dst_spec: GPULoadStoreSpec
-    ) -> bool:
+    def submit_load(self, job_id: int, src_spec: LoadStoreSpec, dst_spec: GPULoadStoreSpec) -> bool:
         return self._run(job_id, self._plan(dst_spec, src_spec), to_slots=False)
 
     def get_finished(self) -> list[TransferResult]:

@@ -11,6 +11,11 @@ from pathlib import Path
 
 import pytest
 
+# vLLM on CPU: a fixed 1 GiB KV (otherwise it reserves a fraction of RAM, which fails when other
+# tests' engines hold memory) and one OpenMP thread (faster and deterministic for tiny models).
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from kvpanel.demo.tiny_models import write_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +30,11 @@ def run_engine(spec: dict, workdir: Path, timeout: float = 600) -> dict:
     env.setdefault("VLLM_CACHE_ROOT", str(ROOT / ".vllm-cache"))
     proc = subprocess.run(
         [sys.executable, "-m", "tests.vllm_ext.engine_script", str(spec_path), str(out_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     (workdir / "stderr.log").write_text(proc.stderr)
     if proc.returncode != 0:

@@ -65,8 +65,7 @@ def main(spec_path: str, out_path: str) -> None:
                 {
                     "tokens": list(c.token_ids),
                     "logprobs": [
-                        lp[t].logprob
-                        for lp, t in zip(c.logprobs or [], c.token_ids, strict=False)
+                        lp[t].logprob for lp, t in zip(c.logprobs or [], c.token_ids, strict=False)
                     ],
                     "cached": o.num_cached_tokens,
                 }
@@ -74,9 +73,7 @@ def main(spec_path: str, out_path: str) -> None:
         stores = runtime.all_stores()
         for s in stores.values():
             s.flush(timeout=60)
-        stats = {
-            name: t.to_dict() for s in stores.values() for name, t in s.stats().items()
-        }
+        stats = {name: t.to_dict() for s in stores.values() for name, t in s.stats().items()}
         result["rounds"].append({"outputs": outs, "tiers": stats, "vllm": external_hits(llm)})
     with open(out_path, "w") as f:
         json.dump(result, f)

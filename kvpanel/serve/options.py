@@ -1,0 +1,143 @@
+"""Parse ``kvpanel serve``'s own flags; everything else is passed to vLLM unchanged.
+
+Settings come from three places: flags, a config file (``--config`` or ``LMCACHE_CONFIG_FILE``;
+kvpanel or LMCache YAML) and defaults. A value given both as a flag and in the file must agree:
+otherwise one clear error, since silently picking one is how caches end up the wrong size.
+
+Primitives: parse_serve_args(argv) -> ServeOptions; ServeError (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kvpanel.config_file import load_config_file
+from kvpanel.settings import GB, CacheSettings, ConfigError, default_state_dir
+
+OFFLOAD_MODES = ("kvpanel", "native", "none")
+
+
+class ServeError(ConfigError):
+    """A problem with the command line; reported in one line, exit code 2."""
+
+
+@dataclass(slots=True)
+class ServeOptions:
+    model: str | None
+    settings: CacheSettings
+    offload: str
+    no_ui: bool
+    status_interval: float
+    control_host: str | None
+    control_port: int | None
+    token: str | None
+    state_dir: Path
+    theme: str | None
+    vllm_args: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kvpanel serve",
+        usage="kvpanel serve [MODEL] [kvpanel flags] [vllm serve flags]",
+        description="Serve a model with vLLM and kvpanel's KV tiers. Any other flag is a "
+        "`vllm serve` flag and is passed through unchanged.",
+        allow_abbrev=False,
+    )
+    p.add_argument("--cpu-cache-gb", type=float, help="CPU tier size in GiB (default 4)")
+    p.add_argument("--disk-cache-gb", type=float, help="disk tier size in GiB")
+    p.add_argument("--disk-path", help="disk tier directory")
+    p.add_argument("--remote-url", help="shared tier, redis://host:port[/db]")
+    p.add_argument("--chunk-size", type=int, help="tokens per cached chunk (default 256)")
+    p.add_argument("--config", help="kvpanel or LMCache YAML (also LMCACHE_CONFIG_FILE)")
+    p.add_argument(
+        "--offload",
+        choices=OFFLOAD_MODES,
+        default="kvpanel",
+        help="kvpanel tiers (default), vLLM's native CPU offload, or none (for comparisons)",
+    )
+    p.add_argument("--no-ui", action="store_true", help="headless: JSON status lines on stdout")
+    p.add_argument("--status-interval", type=float, default=2.0, help="seconds between lines")
+    p.add_argument("--control-host", help="serve the control API on its own host:port")
+    p.add_argument("--control-port", type=int)
+    p.add_argument("--token", help="control-API token (default: KVPANEL_TOKEN or generated)")
+    p.add_argument("--state-dir", help="token, logs, sockets (default ~/.local/state/kvpanel)")
+    p.add_argument("--theme", help="panel theme")
+    return p
+
+
+def _gb(name: str, v: float | None) -> int | None:
+    if v is None:
+        return None
+    if v < 0:
+        raise ServeError(f"--{name} must not be negative, got {v}")
+    return int(v * GB)
+
+
+def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> ServeOptions:
+    env = dict(os.environ) if env is None else env
+    # MODEL comes first, as in `vllm serve MODEL`: argparse would otherwise take the value of
+    # an unknown vLLM flag (`--max-model-len 2048`) for the positional.
+    model = None
+    if argv and not argv[0].startswith("-"):
+        model, argv = argv[0], argv[1:]
+    ns, rest = build_parser().parse_known_args(argv)
+    if "--model" in rest:
+        i = rest.index("--model")
+        if i + 1 >= len(rest):
+            raise ServeError("--model needs a value")
+        model = rest[i + 1]
+        del rest[i : i + 2]
+    flags: dict[str, Any] = {
+        "cpu_bytes": _gb("cpu-cache-gb", ns.cpu_cache_gb),
+        "disk_bytes": _gb("disk-cache-gb", ns.disk_cache_gb),
+        "disk_path": ns.disk_path,
+        "remote_url": ns.remote_url,
+        "chunk_tokens": ns.chunk_size,
+    }
+    flags = {k: v for k, v in flags.items() if v is not None}
+    warnings: list[str] = []
+    config_path = ns.config or env.get("LMCACHE_CONFIG_FILE")
+    file_values: dict[str, Any] = {}
+    if config_path:
+        cf = load_config_file(config_path)
+        file_values, warnings = cf.values, list(cf.warnings)
+    for key in sorted(set(flags) & set(file_values)):
+        a, b = flags[key], file_values[key]
+        if key == "disk_path":
+            a, b = str(Path(a).expanduser().resolve()), str(Path(b).expanduser().resolve())
+        if a != b:
+            raise ServeError(
+                f"conflicting {key}: {flags[key]!r} from the command line but "
+                f"{file_values[key]!r} in {config_path}"
+            )
+    values = {**file_values, **flags}
+    if values.get("disk_path") and "disk_bytes" not in values:
+        values["disk_bytes"] = 10 * GB  # a path alone means "use the disk": LMCache's default
+    state_dir = Path(ns.state_dir or default_state_dir()).expanduser()
+    settings = CacheSettings(**values).validated()
+    if ns.status_interval <= 0:
+        raise ServeError("--status-interval must be positive")
+    if (ns.control_host is None) != (ns.control_port is None) and ns.control_port is None:
+        raise ServeError("--control-host needs --control-port")
+    if ns.offload != "kvpanel" and (settings.disk_path or settings.remote_url):
+        raise ServeError(f"--offload {ns.offload} has no disk or remote tier; drop those settings")
+    return ServeOptions(
+        model=model,
+        settings=settings,
+        offload=ns.offload,
+        no_ui=ns.no_ui,
+        status_interval=ns.status_interval,
+        control_host=ns.control_host,
+        control_port=ns.control_port,
+        token=ns.token or env.get("KVPANEL_TOKEN"),
+        state_dir=state_dir,
+        theme=ns.theme,
+        vllm_args=rest,
+        warnings=warnings,
+    )

@@ -1,0 +1,195 @@
+"""vLLM's AsyncLLM and OpenAI app, run by kvpanel on an event loop in a background thread.
+
+The main thread keeps signals, the JSON status lines and the panel. uvicorn installs no signal
+handlers off the main thread, and vLLM's ``serve_http``/``run_server`` (which would) are not
+used: the app is built with ``build_app`` + ``init_app_state`` and served by our own
+``uvicorn.Server`` on a socket we bind (``--port 0`` works: the real port is read back).
+
+Primitives: EngineServer(opts, hub, token).start() -> waits for ready; .url; .stop().
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import socket
+import threading
+from typing import Any
+
+from kvpanel.serve.hub import StatusHub
+from kvpanel.serve.options import ServeError, ServeOptions
+
+log = logging.getLogger("kvpanel")
+
+
+def _flag_value(args: list[str], flag: str) -> str | None:
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def vllm_argv(opts: ServeOptions, model: str, kv_config: dict[str, Any] | None) -> list[str]:
+    args = list(opts.vllm_args)
+    if _flag_value(args, "--kv-transfer-config") is not None and kv_config is not None:
+        raise ServeError("--kv-transfer-config is set by kvpanel; use --offload none to pass yours")
+    args = ["--model", model, *args]
+    if _flag_value(args, "--distributed-executor-backend") is None:
+        # kvpanel's worker shares the scheduler's process (see vllm_ext.runtime).
+        args += ["--distributed-executor-backend", "uni"]
+    if _flag_value(args, "--host") is None:
+        args += ["--host", "127.0.0.1"]  # loopback unless told otherwise
+    if kv_config is not None:
+        args += ["--kv-transfer-config", json.dumps(kv_config)]
+    return args
+
+
+def gpu_kv_bytes(vllm_config: Any) -> int:
+    """Bytes of the engine's own (GPU, or CPU-platform) KV cache, estimated from its geometry."""
+    try:
+        mc, cc, pc = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
+        per_token = (
+            2
+            * mc.get_num_layers(pc)
+            * mc.get_num_kv_heads(pc)
+            * mc.get_head_size()
+            * (2 if "16" in str(cc.cache_dtype) or cc.cache_dtype == "auto" else 1)
+        )
+        return int((cc.num_gpu_blocks or 0) * cc.block_size * per_token)
+    except Exception:  # geometry fields move between versions; the figure is informative only
+        return 0
+
+
+class EngineServer:
+    def __init__(
+        self,
+        opts: ServeOptions,
+        hub: StatusHub,
+        token: str,
+        model: str,
+        kv_config: dict[str, Any] | None,
+    ):
+        self.opts, self.hub, self.token, self.model = opts, hub, token, model
+        self.kv_config = kv_config
+        self.url: str | None = None
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        self.finished = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._servers: list[Any] = []
+        self._thread = threading.Thread(target=self._run, name="kvpanel-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as e:  # surface startup failures to the main thread
+            self.error = e
+        finally:
+            self.ready.set()
+            self.finished.set()
+
+    async def _main(self) -> None:
+        import uvicorn
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        from kvpanel.serve.control_api import make_router
+        from kvpanel.serve.stat_logger import make_stat_logger_factory
+        from kvpanel.vllm_ext.compat import server_api
+
+        make_arg_parser, build_app, init_app_state = server_api()
+        self._loop = asyncio.get_running_loop()
+        parser = make_arg_parser(FlexibleArgumentParser(prog="kvpanel serve"))
+        args = parser.parse_args(vllm_argv(self.opts, self.model, self.kv_config))
+        engine_args = AsyncEngineArgs.from_cli_args(args)
+        vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        engine = AsyncLLM.from_vllm_config(
+            vllm_config=vllm_config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            stat_loggers=[make_stat_logger_factory(self.hub.samples)],
+            enable_log_requests=getattr(engine_args, "enable_log_requests", False),
+            disable_log_stats=engine_args.disable_log_stats,
+        )
+        try:
+            self.hub.gpu_kv_bytes = gpu_kv_bytes(engine.vllm_config)
+            tasks = await engine.get_supported_tasks()
+            app = build_app(args, tasks, engine.model_config)
+            await init_app_state(engine, app.state, args, tasks)
+            router = make_router(self.hub, self.token)
+            control_app = app
+            if self.opts.control_port is not None:
+                from fastapi import FastAPI
+
+                control_app = FastAPI()
+            control_app.include_router(router)
+            from kvpanel.serve import prom
+
+            prom.register(self.hub)
+
+            sock = _bind(args.host or "127.0.0.1", args.port)
+            host, port = sock.getsockname()[:2]
+            self.url = f"http://{_url_host(host)}:{port}"
+            self.hub.base_url = f"http://{_url_host(host, loopback=True)}:{port}"
+            socks = [(app, sock)]
+            if control_app is not app:
+                csock = _bind(self.opts.control_host or "127.0.0.1", self.opts.control_port or 0)
+                socks.append((control_app, csock))
+                self.control_url = (
+                    f"http://{_url_host(csock.getsockname()[0])}:{csock.getsockname()[1]}"
+                )
+            serve_tasks = []
+            for a, s in socks:
+                server = uvicorn.Server(
+                    uvicorn.Config(a, log_level="warning", access_log=False, lifespan="on")
+                )
+                self._servers.append(server)
+                serve_tasks.append(asyncio.create_task(server.serve(sockets=[s])))
+            while not all(s.started for s in self._servers):
+                if any(t.done() for t in serve_tasks):
+                    break
+                await asyncio.sleep(0.05)
+            self.ready.set()
+            await asyncio.gather(*serve_tasks)
+        finally:
+            engine.shutdown()
+            # Drop it here, while the interpreter is whole: AsyncLLM.__del__ shuts down again
+            # and fails noisily if it only runs during interpreter teardown.
+            del engine
+            gc.collect()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Ask the HTTP servers to finish; the engine shuts down after them."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+
+            def _exit() -> None:
+                for s in self._servers:
+                    s.should_exit = True
+
+            loop.call_soon_threadsafe(_exit)
+        self.finished.wait(timeout)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str, loopback: bool = False) -> str:
+    if host in ("0.0.0.0", "::", "") and loopback:
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,343 @@
+"""RemoteTier against real redis-server processes on 127.0.0.1 (started and stopped here).
+
+Also home of ``RedisServer`` / ``needs_redis``, which test_store_remote.py imports.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import torch
+from conftest import CHUNK_BYTES, key, make_fp, payload
+
+from kvpanel.cache import remote_format as fmt
+from kvpanel.cache.keys import Fingerprint
+from kvpanel.cache.remote_tier import RemoteTier
+
+REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")
+needs_redis = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
+)
+
+
+def free_port() -> int:
+    """A free loopback port whose cluster bus port (+10000) is free too (Redis needs both)."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 45000)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return port
+
+
+class RedisServer:
+    """One redis-server on loopback, no persistence; kill() and start() keep the port."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *extra: str) -> None:
+        self.workdir, self.port, self.extra = workdir, port or free_port(), extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> RedisServer:
+        assert REDIS_SERVER is not None
+        args = [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        args += ["--appendonly", "no", "--dir", str(self.workdir), *self.extra]
+        log = open(self.workdir / f"redis-{self.port}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client().ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start") from None
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    srv = RedisServer(tmp_path / "redis").start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture
+def tier(server: RedisServer, fp: Fingerprint) -> Iterator[RemoteTier]:
+    t = RemoteTier(server.url, fp, probe_interval_s=0.1)
+    yield t
+    t.close()
+
+
+def as_tensor(view: memoryview) -> torch.Tensor:
+    return torch.tensor(bytearray(view), dtype=torch.uint8)
+
+
+def wait_for(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_parse_url() -> None:
+    u = fmt.parse_url("redis://:secret@h:6380/2?ttl=60&ssl_cert_reqs=none")
+    assert (u.cluster, u.ttl_s, u.display) == (False, 60, "redis://h:6380/2")
+    assert u.url == "redis://:secret@h:6380/2?ssl_cert_reqs=none"
+    assert fmt.parse_url("redis+cluster://h:7000").cluster
+    assert fmt.parse_url("redis://h:7000?cluster=1").url == "redis://h:7000"
+    assert fmt.parse_url("rediss+cluster://h:7000").url.startswith("rediss://")
+    for bad in ("http://h:1", "redis://h:1?ttl=abc", "redis://h:1?ttl=0", "redis://h?cluster=x"):
+        with pytest.raises(ValueError):
+            fmt.parse_url(bad)
+
+
+@needs_redis
+def test_round_trip_sync_and_async(tier: RemoteTier, server: RedisServer, fp: Fingerprint) -> None:
+    assert tier.healthy and tier.stats().note.startswith("rtt")
+    assert tier.put(key(1), payload(1))
+    done: list[bool] = []
+    assert tier.put_async(key(2), payload(2), done.append)
+    assert tier.flush(5) and done == [True]
+    for i in (1, 2):
+        got = tier.get(key(i), expect_bytes=CHUNK_BYTES)
+        assert got is not None and torch.equal(as_tensor(got), payload(i))
+    name = f"kvpanel:{fp.hex()}:{key(1).hex()}".encode()
+    assert server.client().exists(name) and server.client().ttl(name) == -1  # no TTL by default
+    assert tier.get(key(3)) is None
+    s = tier.stats()
+    assert (s.name, s.hits, s.bytes_in, s.bytes_out, s.errors) == (
+        "remote",
+        2,
+        2 * CHUNK_BYTES,
+        2 * CHUNK_BYTES,
+        0,
+    )
+    assert "get " in s.note and s.healthy
+    # The miss is remembered: the next lookup answers without I/O and counts one miss.
+    assert not tier.may_have(key(3)) and tier.may_have(key(4))
+    assert tier.stats().misses == 1
+    # Writing a remembered key forgets the miss.
+    assert tier.put(key(3), payload(3)) and tier.may_have(key(3))
+    assert sorted(tier.clear()) == sorted([key(1), key(2), key(3)])
+    assert tier.get(key(1)) is None
+
+
+@needs_redis
+def test_ttl_from_url(server: RedisServer, fp: Fingerprint) -> None:
+    with_ttl = RemoteTier(f"{server.url}?ttl=120", fp)
+    try:
+        assert with_ttl.put_async(key(1), payload(1)) and with_ttl.flush(5)
+        ttl = server.client().ttl(fmt.redis_key(fp.hex(), key(1)))
+        assert 0 < ttl <= 120
+    finally:
+        with_ttl.close()
+
+
+@needs_redis
+@pytest.mark.parametrize("damage", ["garbage", "other_fingerprint", "truncated", "bit_flip"])
+def test_bad_values_are_misses_and_deleted(
+    tier: RemoteTier, server: RedisServer, fp: Fingerprint, damage: str
+) -> None:
+    name = fmt.redis_key(fp.hex(), key(1))
+    raw = fmt.encode(fp.digest(), key(1), memoryview(payload(1).numpy()))
+    bad = {
+        "garbage": b"not a kv chunk at all",
+        "other_fingerprint": fmt.encode(
+            make_fp("other/model").digest(), key(1), memoryview(payload(1).numpy())
+        ),
+        "truncated": raw[:-100],
+        "bit_flip": raw[:-1] + bytes([raw[-1] ^ 1]),
+    }[damage]
+    server.client().set(name, bad)
+    assert tier.get(key(1), expect_bytes=CHUNK_BYTES) is None
+    assert not server.client().exists(name)
+    s = tier.stats()
+    assert s.errors == 1 and s.hits == 0 and s.healthy
+    assert not tier.may_have(key(1))
+
+
+@needs_redis
+def test_wrong_length_is_doubtful(tier: RemoteTier, server: RedisServer, fp: Fingerprint) -> None:
+    assert tier.put(key(1), payload(1, CHUNK_BYTES // 2))
+    assert tier.get(key(1), expect_bytes=CHUNK_BYTES) is None
+    assert tier.stats().errors == 1
+    assert not server.client().exists(fmt.redis_key(fp.hex(), key(1)))
+
+
+@needs_redis
+def test_full_queue_drops_instead_of_blocking(server: RedisServer, fp: Fingerprint) -> None:
+    t = RemoteTier(server.url, fp, max_queue=1)
+    gate, entered = threading.Event(), threading.Event()
+
+    def hold(_ok: bool) -> None:  # runs on the writer thread: keeps it busy
+        entered.set()
+        gate.wait(10)
+
+    try:
+        assert t.put_async(key(1), payload(1), hold)
+        assert entered.wait(5)  # job 1 left the queue, the writer is stuck in its callback
+        assert t.put_async(key(2), payload(2))  # fills the queue (size 1)
+        t0 = time.perf_counter()
+        assert not t.put_async(key(3), payload(3))  # dropped, not waited for
+        assert time.perf_counter() - t0 < 0.05
+        assert t.put_async(key(2), payload(2))  # duplicate of a queued key: accepted, no-op
+        assert t.stats().dropped == 1
+        gate.set()
+        assert t.flush(5)
+        assert t.get(key(1)) is not None and t.get(key(2)) is not None
+        assert t.get(key(3)) is None
+    finally:
+        gate.set()
+        t.close()
+
+
+@needs_redis
+def test_redis_killed_then_restarted(server: RedisServer, fp: Fingerprint) -> None:
+    t = RemoteTier(server.url, fp, probe_interval_s=0.2)
+    try:
+        assert t.put(key(1), payload(1)) and t.get(key(1)) is not None
+        server.kill()
+        assert t.get(key(1)) is None  # the error: a miss, not an exception
+        assert not t.healthy
+        s = t.stats()
+        assert not s.healthy and s.note.startswith("unreachable: ") and s.errors >= 1
+        t0 = time.perf_counter()
+        assert not t.may_have(key(1))  # immediate miss while unhealthy: no I/O at all
+        assert t.get(key(1)) is None
+        assert not t.put_async(key(2), payload(2)) and not t.put(key(2), payload(2))
+        assert time.perf_counter() - t0 < 0.05
+        assert t.flush(1)
+        time.sleep(0.5)  # several failed probes in a row do not break anything
+        assert not t.healthy
+        server.start()  # same port, empty (no persistence)
+        wait_for(lambda: t.healthy, timeout=5)
+        assert t.stats().note.startswith("rtt")
+        assert t.may_have(key(1)) and t.get(key(1)) is None  # data is gone with the server
+        assert t.put_async(key(1), payload(1)) and t.flush(5)
+        got = t.get(key(1))
+        assert got is not None and torch.equal(as_tensor(got), payload(1))
+    finally:
+        t.close()
+
+
+def test_unreachable_from_the_start(fp: Fingerprint) -> None:
+    t0 = time.perf_counter()
+    t = RemoteTier(f"redis://127.0.0.1:{free_port()}", fp)
+    try:
+        assert time.perf_counter() - t0 < 3
+        s = t.stats()
+        assert not s.healthy and s.note.startswith("unreachable: ")
+        assert not t.may_have(key(1)) and t.get(key(1)) is None
+        assert not t.put_async(key(1), payload(1)) and t.flush(1)
+        assert t.clear() == []
+    finally:
+        t.close()
+
+
+# ----- Redis Cluster -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    if REDIS_SERVER is None or REDIS_CLI is None:
+        pytest.skip("redis-server / redis-cli are not installed (apt-get install redis-server)")
+    work = tmp_path_factory.mktemp("cluster")
+    nodes: list[RedisServer] = []
+    try:
+        for _ in range(3):
+            port = free_port()
+            node = RedisServer(
+                work / str(port),
+                port,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(work / f"nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                "2000",
+            )
+            nodes.append(node.start())
+        create = subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{n.port}" for n in nodes],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if create.returncode != 0:
+            pytest.skip(f"could not create a Redis Cluster: {create.stdout[-300:]}")
+
+        def ready() -> bool:
+            info = nodes[0].client().cluster("info")  # redis-py parses it into a dict
+            return bool(info.get("cluster_state") == "ok")
+
+        wait_for(ready, timeout=20)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.kill()
+
+
+@needs_redis
+@pytest.mark.parametrize(
+    "form", ["redis+cluster://127.0.0.1:{p}", "redis://127.0.0.1:{p}?cluster=1"]
+)
+def test_cluster_round_trip(cluster: list[RedisServer], fp: Fingerprint, form: str) -> None:
+    t = RemoteTier(form.format(p=cluster[1].port), fp)
+    try:
+        assert t.healthy, t.stats().note
+        ids = list(range(100, 124))
+        for i in ids[:12]:
+            assert t.put(key(i), payload(i))
+        for i in ids[12:]:
+            assert t.put_async(key(i), payload(i))
+        assert t.flush(10)
+        for i in ids:
+            got = t.get(key(i), expect_bytes=CHUNK_BYTES)
+            assert got is not None
+            assert torch.equal(as_tensor(got), payload(i))
+        # The keys really are spread over the nodes (24 random slots on 3 nodes).
+        per_node = [n.client().dbsize() for n in cluster]
+        assert sum(per_node) >= len(ids) and sum(1 for c in per_node if c) >= 2
+        assert len(t.clear()) == len(ids)
+        assert sum(n.client().dbsize() for n in cluster) == 0
+    finally:
+        t.close()
