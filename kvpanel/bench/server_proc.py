@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -30,6 +31,8 @@ from typing import IO, Any
 
 OFFLOAD_MODES = {"vanilla": "none", "none": "none", "native": "native", "kvpanel": "kvpanel"}
 STDERR_TAIL = 200
+# "RuntimeError: message" / "Exception: message" (a traceback's last line, maybe behind a prefix)
+_EXC_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S.*$")
 
 
 class ServeFailed(RuntimeError):
@@ -141,7 +144,13 @@ class ServeProcess:
         return self.stderr_tail[-1] if self.stderr_tail else "(no stderr output)"
 
     def failure_line(self) -> str:
-        """The most telling stderr line: the last error-looking one, else the last one."""
+        """The most telling stderr line: the root cause when vLLM printed one (the last
+        ``SomeError: message`` line that is not a "see root cause above" wrapper), else the last
+        error-looking line, else the last line."""
+        for line in reversed(self.stderr_tail):
+            m = _EXC_LINE.search(line)
+            if m and "root cause above" not in line:
+                return m.group(0).strip()
         for line in reversed(self.stderr_tail):
             if any(k in line for k in ("Error", "ERROR", "error:", "refuses", "not supported")):
                 return line.strip()

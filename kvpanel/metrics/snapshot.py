@@ -89,6 +89,8 @@ class SnapshotBuilder:
             out_tiers["cpu"]["store_gbps"] = (
                 _rate(transfers["store_bytes"], pt.get("store_bytes", 0), dt) / 1e9
             )
+            # Cumulative GPU<->CPU copy totals: bytes and busy seconds per direction.
+            out_tiers["cpu"]["transfers"] = dict(transfers)
         snap: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "ts": time.time(),

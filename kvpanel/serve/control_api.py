@@ -42,6 +42,10 @@ async def _json_body(request: Request) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HubError(400, f"malformed JSON: {e}") from None
+    except RecursionError:
+        # reliability fix: a small body of deeply nested brackets made json.loads raise
+        # RecursionError, which surfaced as a 500.
+        raise HubError(400, "malformed JSON: nested too deeply") from None
 
 
 def make_router(hub: StatusHub, token: str) -> APIRouter:

@@ -30,6 +30,20 @@ BENCH_FIELDS = {
 }
 
 
+# reliability fix: the bench endpoint accepted any size, and {"num_documents": 10**6,
+# "document_length": 10**6} made this process build 10**12 tokens of prompts (OOM, serving
+# killed). Bounds far above any real benchmark (LMCache's default is 8 x 20,000 tokens).
+BENCH_MAX = {
+    "num_documents": 100_000,
+    "document_length": 1_000_000,
+    "output_len": 100_000,
+    "repeat_count": 1_000,
+    "max_inflight_requests": 1_024,
+    "shuffle_seed": 2**63 - 1,
+}
+BENCH_MAX_PROMPT_TOKENS = 100_000_000  # num_documents x document_length
+
+
 class HubError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -151,6 +165,11 @@ class StatusHub:
         for k, v in body.items():
             if not isinstance(v, BENCH_FIELDS[k]) or isinstance(v, bool):
                 raise HubError(400, f"{k} must be {BENCH_FIELDS[k].__name__}, got {v!r}")
+            if k in BENCH_MAX and isinstance(v, int) and abs(v) > BENCH_MAX[k]:
+                raise HubError(400, f"{k}={v} is too large (limit {BENCH_MAX[k]})")
+        docs = body.get("num_documents", 8) * body.get("document_length", 20000)
+        if docs > BENCH_MAX_PROMPT_TOKENS:
+            raise HubError(400, f"num_documents x document_length = {docs} tokens is too large")
         params = BenchParams(**body, completions=True)
         try:
             params.validate()

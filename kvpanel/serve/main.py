@@ -14,10 +14,12 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import replace
 from importlib.metadata import version
 from typing import Any
@@ -41,9 +43,10 @@ def _kv_config(opts: ServeOptions) -> tuple[dict[str, Any] | None, ServeOptions]
     if opts.offload == "none":
         return None, opts
     if opts.offload == "native":
-        from kvpanel.vllm_ext.compat import native_offload_config
-
-        return native_offload_config(opts.settings.cpu_bytes, opts.settings.chunk_tokens), opts
+        # vLLM's own CPU offload exactly as its users enable it (its defaults, our CPU bytes).
+        gib = f"{opts.settings.cpu_bytes / 2**30:g}"
+        native = ["--kv-offloading-size", gib, "--kv-offloading-backend", "native"]
+        return None, replace(opts, vllm_args=[*opts.vllm_args, *native])
     from kvpanel.vllm_ext import kv_transfer_config
 
     # kvpanel's worker must share the scheduler's process (vllm_ext.runtime). AsyncLLM keeps its
@@ -55,6 +58,22 @@ def _kv_config(opts: ServeOptions) -> tuple[dict[str, Any] | None, ServeOptions]
     sock = os.path.join(tempfile.gettempdir(), f"kvpanel-{os.getuid()}-{os.getpid()}.sock")
     opts = replace(opts, settings=replace(opts.settings, control_socket=sock))
     return kv_transfer_config(opts.settings), opts
+
+
+_ROOT_CAUSE = re.compile(r"\bkvpanel\.[\w.]+\.\w*(?:Error|Busy): (.+)$")
+
+
+def _root_cause(tee: LogTee, wait_s: float = 2.0) -> str | None:
+    """The last ``kvpanel.<module>.<SomeError>: message`` the engine logged, if any."""
+    deadline = time.monotonic() + wait_s
+    while True:  # the engine core's last lines may still be in the log pipe
+        lines, _ = tee.lines(0)
+        # Wait for our own "engine failed" line to pass through, so the repeat comes last.
+        seen_ours = any("engine failed to start" in line for line in lines[-50:])
+        causes = [m.group(1).strip() for m in map(_ROOT_CAUSE.search, lines) if m]
+        if (causes and seen_ours) or time.monotonic() >= deadline:
+            return causes[-1] if causes else None
+        time.sleep(0.1)
 
 
 def _device() -> str:
@@ -156,7 +175,13 @@ def serve_main(argv: list[str]) -> int:
         log_path = opts.state_dir / "serve.log"
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         tee = LogTee.install(sink_fd=log_fd)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(message)s")
+    # Our own handler: basicConfig is a no-op once anything configured the root logger, and the
+    # root level would then drop kvpanel's INFO lines (the token, shutdown progress).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s [kvpanel] %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
     from kvpanel.vllm_ext.compat import ensure_deterministic_block_hashes
 
     ensure_deterministic_block_hashes()
@@ -185,7 +210,13 @@ def serve_main(argv: list[str]) -> int:
             break
     if server.error is not None:
         log.error("engine failed to start: %s", server.error)
-        _write_line(tee.stdout_fd, {"event": "failed", "error": str(server.error)})
+        # reliability fix: vLLM reports an engine-core failure as "see root cause above",
+        # hundreds of log lines after kvpanel's one-line reason (e.g. a disk cache dir locked
+        # by another server). Repeat that reason as the last line on the user's stderr.
+        reason = _root_cause(tee) or str(server.error)
+        _write_line(tee.stdout_fd, {"event": "failed", "error": reason})
+        with contextlib.suppress(OSError):
+            os.write(tee.tty_fd, f"kvpanel serve: error: {reason}\n".encode())
         return 1
     if stop.is_set():
         server.stop()

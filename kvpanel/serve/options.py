@@ -10,6 +10,7 @@ Primitives: parse_serve_args(argv) -> ServeOptions; ServeError (exit code 2).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _gb(name: str, v: float | None) -> int | None:
     if v is None:
         return None
+    # reliability fix: "nan"/"inf" parse as floats and crashed int() with a traceback.
+    if not math.isfinite(v):
+        raise ServeError(f"--{name} must be a finite number, got {v}")
     if v < 0:
         raise ServeError(f"--{name} must not be negative, got {v}")
     return int(v * GB)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import json
 import logging
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -137,11 +139,14 @@ class EngineServer:
 
             sock = _bind(args.host or "127.0.0.1", args.port)
             host, port = sock.getsockname()[:2]
+            if self.opts.control_port is None:
+                _warn_if_exposed(host, port)
             self.url = f"http://{_url_host(host)}:{port}"
             self.hub.base_url = f"http://{_url_host(host, loopback=True)}:{port}"
             socks = [(app, sock)]
             if control_app is not app:
                 csock = _bind(self.opts.control_host or "127.0.0.1", self.opts.control_port or 0)
+                _warn_if_exposed(*csock.getsockname()[:2])
                 socks.append((control_app, csock))
                 self.control_url = (
                     f"http://{_url_host(csock.getsockname()[0])}:{csock.getsockname()[1]}"
@@ -187,6 +192,23 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def _warn_if_exposed(host: str, port: int) -> None:
+    """reliability fix: binding the control API beyond loopback was silent; say so loudly."""
+    try:
+        loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        # Printed, not logged: once vLLM is up, records of the "kvpanel" logger no longer
+        # reached stderr in --no-ui runs (seen in the reliability tests).
+        print(
+            f"kvpanel serve: warning: the control API (/kvpanel/v1) is reachable beyond "
+            f"loopback on {host}:{port}; every request needs the token",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _url_host(host: str, loopback: bool = False) -> str:

@@ -87,12 +87,3 @@ def server_api() -> tuple[Any, Any, Any]:
         )
         from vllm.entrypoints.openai.cli_args import make_arg_parser  # type: ignore[no-redef]
     return make_arg_parser, build_app, init_app_state
-
-
-def native_offload_config(cpu_bytes: int, chunk_tokens: int) -> dict[str, Any]:
-    """vLLM's own OffloadingConnector + CPUOffloadingSpec, for side-by-side comparisons."""
-    return {
-        "kv_connector": "OffloadingConnector",
-        "kv_role": "kv_both",
-        "kv_connector_extra_config": {"cpu_bytes_to_use": cpu_bytes, "block_size": chunk_tokens},
-    }

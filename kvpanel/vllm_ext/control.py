@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import socket
 import socketserver
 import threading
+import time
 from typing import Any
 
 import psutil
 
 from kvpanel.cache.store import TieredStore
 
+log = logging.getLogger("kvpanel")
 _servers: dict[str, socketserver.BaseServer] = {}
 _lock = threading.Lock()
 MAX_REQUEST = 64 * 1024
@@ -114,6 +117,30 @@ def start_control_server(path: str, store: TieredStore) -> None:
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="kvpanel-control", daemon=True).start()
         _servers[path] = server
+        threading.Thread(
+            target=_exit_with_parent,
+            args=(os.getppid(), store, path),
+            name="kvpanel-parent-watch",
+            daemon=True,
+        ).start()
+
+
+def _exit_with_parent(parent: int, store: TieredStore, path: str, poll_s: float = 0.5) -> None:
+    """reliability fix: end this engine process when `kvpanel serve` (its parent) is gone.
+
+    After a ``kill -9`` of the server, vLLM's engine core lived on as an orphan, holding GBs of
+    memory and the disk tier's lock, so a restarted server failed with "dir in use". Queued disk
+    writes get a few seconds to land; the kernel then drops the lock with the process.
+    """
+    while os.getppid() == parent:
+        time.sleep(poll_s)
+    log.warning("kvpanel: parent process %d is gone; flushing tiers and exiting", parent)
+    try:
+        store.flush(timeout=10)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os._exit(1)
 
 
 class ControlClient:

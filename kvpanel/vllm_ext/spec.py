@@ -73,6 +73,9 @@ class KvpanelOffloadingSpec(OffloadingSpec):
     def __init__(self, config: OffloadingConfig):
         super().__init__(config)
         compat.check_supported()
+        # Before vLLM 0.26's engine core draws its NONE_HASH (after the worker, which builds
+        # this spec first): block hashes, and so disk/Redis keys, must survive restarts.
+        compat.ensure_deterministic_block_hashes()
         self.settings = CacheSettings.from_extra_config(self.extra_config)
         if config.parallel.world_size != 1:
             raise ValueError(

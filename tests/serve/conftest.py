@@ -22,7 +22,6 @@ from kvpanel.bench.server_proc import ServeProcess
 from kvpanel.demo.tiny_models import write_tiny_model
 
 ENGINE_FLAGS = [
-    "--skip-tokenizer-init",
     "--enforce-eager",
     "--max-model-len",
     "2048",
@@ -49,6 +48,7 @@ def serve_argv(model: str, *extra: str) -> list[str]:
 
 
 def start(model: str, tmp: Path, *extra: str, name: str = "serve") -> ServeProcess:
+    tmp.mkdir(parents=True, exist_ok=True)
     argv = serve_argv(model, "--state-dir", str(tmp / "state"), *extra)
     return ServeProcess.start(argv, ready_timeout_s=600, log_path=tmp / f"{name}.log")
 
@@ -86,6 +86,14 @@ def complete(url: str, model: str, prompt: list[int], max_tokens: int = 4) -> di
     )
     assert status == 200, body
     return body
+
+
+def output_text(body: dict) -> str:
+    """The greedy output. The tiny models' word-level tokenizer maps each token id to its own
+    word, so equal text means equal token ids."""
+    text = body["choices"][0]["text"]
+    assert text.strip(), body
+    return str(text)
 
 
 def wait_status(server: ServeProcess, pred, timeout: float = 30) -> dict:

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# kvpanel on the lent H200 (see ../../docs/benchmarks.md). The vLLM 0.26.0 bundle parts must be
+# in /root/parts already (the device README's steps 1-2). Usage: run_h200.sh check|compare20b
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/kvpanel-out}
+mkdir -p "$OUT"
+if [ ! -f /tmp/site/_vllm_bundle/env.sh ]; then
+  bash .gpu/p2/install_bundle.sh > "$OUT/install.log" 2>&1 || { tail -20 "$OUT/install.log"; exit 1; }
+fi
+source /tmp/site/_vllm_bundle/env.sh
+export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+python -c "import vllm, torch, triton; print('vllm', vllm.__version__, 'torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+case "${1:-check}" in
+  check)
+    python benchmarks/kernels_bench.py 2>&1 | tee "$OUT/kernels.txt" | tail -30
+    python benchmarks/gpu/e2e_check.py > "$OUT/e2e.json" 2> "$OUT/e2e.err"
+    python - "$OUT/e2e.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+for k in ("cpu_hit", "disk_hit", "check_error"):
+    print(k, r.get(k))
+for k in ("first", "second"):
+    if "error" in r.get(k, {}):
+        print(k, "ERROR", r[k]["error"][-1500:])
+    else:
+        print(k, "tiers", json.dumps(r[k]["rounds"][-1]["tiers"]["cpu"]), json.dumps(r[k]["rounds"][-1]["tiers"]["disk"]))
+PY
+    ;;
+  compare20b|compare120b)
+    if [ "$1" = compare20b ]; then M=$GPT_OSS_20B; KV=4294967296; else M=$GPT_OSS_120B; KV=8589934592; fi
+    python -m kvpanel.cli bench long-doc-qa --compare "${MODES:-kvpanel,native,vanilla}" \
+      --model "$M" --num-documents 20 --document-length 20000 --output-len 50 \
+      --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
+      --completions --cpu-cache-gb 40 --kv-cache-memory "$KV" \
+      --engine-args "--load-format dummy --max-model-len 32768 --enforce-eager" \
+      --no-progress --output "$OUT/$1.json" 2>&1 | tee "$OUT/$1.txt" | tail -40
+    ls "$OUT"
+    ;;
+esac
