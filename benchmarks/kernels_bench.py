@@ -125,7 +125,25 @@ def check(
         torch.cuda.synchronize()
     scatter_ok = all(torch.equal(a, b) for a, b in zip(want, layers, strict=True))
     del want
-    return {"gather_exact": gather_ok, "head_untouched": head_ok, "scatter_exact": scatter_ok}
+    result = {"gather_exact": gather_ok, "head_untouched": head_ok, "scatter_exact": scatter_ok}
+    from kvpanel.kernels import dma_copy
+
+    if cuda and dma_copy.available():  # vLLM's swap_blocks_batch must agree bit for bit too
+        dma = make_slots(n, nbytes, 2, cuda)
+        dma_copy.gather_chunks(layers, ids, dma)
+        torch.cuda.synchronize()
+        result["dma_gather_exact"] = all(
+            torch.equal(a, b) for a, b in zip(expect, dma, strict=True)
+        )
+        want = [t.clone() for t in layers]
+        torch_copy.scatter_chunks(dma, dst_ids, want)
+        dma_copy.scatter_chunks(dma, dst_ids, layers)
+        torch.cuda.synchronize()
+        result["dma_scatter_exact"] = all(
+            torch.equal(a, b) for a, b in zip(want, layers, strict=True)
+        )
+        del want
+    return result
 
 
 def vector_width_note() -> str:
@@ -176,6 +194,11 @@ def time_one(
         )
     t["triton_gather"] = timed(lambda: kernels.gather_chunks(layers, ids, slots), reps, cuda)
     t["triton_scatter"] = timed(lambda: kernels.scatter_chunks(slots, ids, layers), reps, cuda)
+    from kvpanel.kernels import dma_copy
+
+    if dma_copy.available():  # vLLM's swap_blocks_batch on the same data (cuMemcpyBatchAsync)
+        t["dma_gather"] = timed(lambda: dma_copy.gather_chunks(layers, ids, slots), reps, cuda)
+        t["dma_scatter"] = timed(lambda: dma_copy.scatter_chunks(slots, ids, layers), reps, cuda)
     return t
 
 
