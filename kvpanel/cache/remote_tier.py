@@ -76,6 +76,8 @@ class RemoteTier:
         self._gets = 0
         self._get_seconds = 0.0
         self._misses: OrderedDict[ChunkKey, float] = OrderedDict()  # key -> forget-after time
+        # Keys this process wrote recently (key -> until when): a late "absent" is stale.
+        self._written: OrderedDict[ChunkKey, float] = OrderedDict()
         self._queued: set[ChunkKey] = set()  # queued or being sent; flush waits for none
         self._counters = TierCounters("remote")
         self._closed = False
@@ -174,8 +176,14 @@ class RemoteTier:
 
     def note_miss(self, key: ChunkKey) -> None:
         """Answer lookups of ``key`` with a miss, without I/O, for ``miss_ttl_s``."""
+        now = time.monotonic()
         with self._lock:
-            self._misses[key] = time.monotonic() + self._miss_ttl_s
+            # A GET that found nothing may finish after this process queued or sent the key
+            # (it computed the chunk meanwhile): remembering that miss would hide the value
+            # for miss_ttl_s. Seen as a missing remote hit in the Redis fault test.
+            if key in self._queued or self._written.get(key, 0.0) > now:
+                return
+            self._misses[key] = now + self._miss_ttl_s
             self._misses.move_to_end(key)
             while len(self._misses) > self._max_misses:
                 self._misses.popitem(last=False)
@@ -235,6 +243,10 @@ class RemoteTier:
             if self._closed or not self._healthy:
                 return False
             self._misses.pop(key, None)  # we are about to have it
+            self._written[key] = time.monotonic() + self._miss_ttl_s
+            self._written.move_to_end(key)
+            while len(self._written) > self._max_misses:
+                self._written.popitem(last=False)
             duplicate = key in self._queued
             if not duplicate:
                 try:

@@ -78,7 +78,13 @@ def test_redis_slowed_killed_restarted_serving_continues(tiny_llama, tmp_path, r
         assert http("POST", f"{url}/kvpanel/v1/tiers/cpu/clear", token=token)[0] == 200
         before = tier_status(url, token)["tiers"]["remote"]["hits"]
         assert tokens(url, tiny_llama, p1) == ref1
-        after = tier_status(url, token)["tiers"]["remote"]
+        # The status snapshot may predate the request by up to its max age: poll briefly.
+        deadline = time.monotonic() + 10
+        while True:
+            after = tier_status(url, token)["tiers"]["remote"]
+            if after["hits"] - before >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
         assert after["hits"] - before >= 2, after
     finally:
         assert server.stop() == 0

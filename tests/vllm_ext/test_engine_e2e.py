@@ -109,13 +109,17 @@ def test_corrupt_or_truncated_disk_files_are_misses_and_removed(first_run, model
         "rounds": [[P]],
     }
     reference = outputs(result, 0)[0]
-    # The lookup walks the prefix and stops at the first bad chunk, so one process finds one bad
-    # file; a second process (after the first re-stored the chunk it dropped) finds the other.
+    # A torn file is dropped when the index is rebuilt at start; a flipped bit only when the
+    # chunk is read, and the lookup stops at the first bad chunk of the prefix. So depending on
+    # which file holds chunk 0, one process finds both or a second process (after the first
+    # re-stored what it dropped) finds the other. Every run's output must be right.
+    errors = 0
     for i in range(2):
         run = run_engine(spec, tmp_path / f"run{i}")
         out = outputs(run, 0)[0]
         same_generation(out, reference)
-        assert run["rounds"][0]["tiers"]["disk"]["errors"] >= 1
+        errors += run["rounds"][0]["tiers"]["disk"]["errors"]
+    assert errors >= 2  # both bad files were detected (and dropped)
     for f in chunk_files(tmp_path / "disk"):
         data = f.read_bytes()
         header = ChunkHeader.unpack(data[:HEADER_BYTES])
