@@ -69,10 +69,6 @@ def ensure_deterministic_block_hashes() -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
-def request_context_default() -> Any:
-    return RequestOffloadingContext()
-
-
 def server_api() -> tuple[Any, Any, Any]:
     """(make_arg_parser, build_app, init_app_state): moved from ``vllm.entrypoints.openai``
     (0.26) to ``vllm.entrypoints.launchers`` (0.32+); signatures are the same."""

@@ -7,7 +7,6 @@ share the store through this registry instead of shipping KV bytes between them.
 
 Primitives:
     open_store(engine_id, factory)  - get or create the engine's store
-    get_store(engine_id)            - the store, or None
     all_stores()                    - for stats and control in this process
     mark_managed / check_same_process - the guard that both halves share one process
     close_all()                     - flush disk writes and release files (process exit)
@@ -53,11 +52,6 @@ def check_same_process(engine_id: str) -> None:
         "kvpanel's worker runs in a different process from vLLM's scheduler; "
         "use --distributed-executor-backend uni (one GPU per engine)"
     )
-
-
-def get_store(engine_id: str) -> TieredStore | None:
-    with _lock:
-        return _stores.get(engine_id)
 
 
 def all_stores() -> dict[str, TieredStore]:
