@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # kvpanel on the lent H200 (see ../../docs/benchmarks.md). The vLLM 0.26.0 bundle parts must be
-# in /root/parts already (the device README's steps 1-2). Usage: run_h200.sh check|compare20b
+# in /root/parts already (the device README's steps 1-2); LMCache 0.5.3 is installed from
+# .gpu/lmcache-0.5.3 when a run needs it.
+#   run_h200.sh check                 kernels benchmark + CUDA kernel tests + e2e correctness
+#   run_h200.sh compare20b|compare120b
+#       MODES=vanilla,native,lmcache,kvpanel (default; any order/subset), TAG=name for outputs,
+#       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/kvpanel-out}
@@ -12,9 +17,24 @@ source /tmp/site/_vllm_bundle/env.sh
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python -c "import vllm, torch, triton; print('vllm', vllm.__version__, 'torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+
+install_lmcache() {
+  if [ ! -d /tmp/lmc_site/lmcache ]; then
+    LMC_CHECK=none bash .gpu/lmcache-0.5.3/install_lmc.sh > "$OUT/lmcache-install.log" 2>&1 \
+      || { tail -20 "$OUT/lmcache-install.log"; return 1; }
+  fi
+  export PYTHONPATH=/tmp/lmc_site:$PYTHONPATH
+  python -c "import lmcache, importlib.metadata as m; print('lmcache', m.version('lmcache'))" | tee -a "$OUT/device.txt"
+}
+
 case "${1:-check}" in
   check)
-    python benchmarks/kernels_bench.py 2>&1 | tee "$OUT/kernels.txt" | tail -30
+    python benchmarks/kernels_bench.py --reps 10 2>&1 | tee "$OUT/kernels.txt" | tail -60
+    if python -c "import pytest" 2>/dev/null; then
+      python -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel-tests.txt" | tail -4
+    else
+      echo "pytest not on the device: CUDA kernel tests not run" | tee "$OUT/kernel-tests.txt"
+    fi
     python benchmarks/gpu/e2e_check.py > "$OUT/e2e.json" 2> "$OUT/e2e.err"
     python - "$OUT/e2e.json" <<'PY'
 import json, sys
@@ -30,12 +50,17 @@ PY
     ;;
   compare20b|compare120b)
     if [ "$1" = compare20b ]; then M=$GPT_OSS_20B; KV=4294967296; else M=$GPT_OSS_120B; KV=8589934592; fi
-    python -m kvpanel.cli bench long-doc-qa --compare "${MODES:-kvpanel,native,vanilla}" \
+    MODES=${MODES:-vanilla,native,lmcache,kvpanel}
+    case ",$MODES," in *,lmcache,*) install_lmcache || exit 1 ;; esac
+    EXTRA=""
+    [ "${EAGER:-0}" = 1 ] && EXTRA="--enforce-eager"
+    NAME="$1${TAG:+-$TAG}"
+    python -m kvpanel.cli bench long-doc-qa --compare "$MODES" \
       --model "$M" --num-documents 20 --document-length 20000 --output-len 50 \
       --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
       --completions --cpu-cache-gb 40 --kv-cache-memory "$KV" \
-      --engine-args "--load-format dummy --max-model-len 32768 --enforce-eager" \
-      --no-progress --output "$OUT/$1.json" 2>&1 | tee "$OUT/$1.txt" | tail -40
+      --engine-args "--load-format dummy --max-model-len 32768 $EXTRA" \
+      --no-progress --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -40
     ls "$OUT"
     ;;
 esac

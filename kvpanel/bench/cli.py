@@ -73,7 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--no-progress", action="store_true")
 
     c = p.add_argument_group("comparison (start a server per offload mode)")
-    c.add_argument("--compare", default=None, metavar="MODES", help="e.g. vanilla,native,kvpanel")
+    c.add_argument(
+        "--compare",
+        default=None,
+        metavar="MODES",
+        help="comma-separated, from vanilla (= none), native, lmcache (needs the lmcache "
+        "package), kvpanel; e.g. vanilla,native,lmcache,kvpanel",
+    )
     c.add_argument("--engine-args", default="", help="extra vLLM args for every engine (quoted)")
     c.add_argument("--cpu-cache-gb", type=float, default=None)
     c.add_argument("--kv-cache-memory", default=None, help="cap GPU KV (--kv-cache-memory-bytes)")

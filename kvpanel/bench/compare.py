@@ -1,8 +1,10 @@
-"""``--compare vanilla,native,kvpanel``: one server per offload mode, the same benchmark on each.
+"""``--compare vanilla,native,lmcache,kvpanel``: one server per offload mode, the same benchmark.
 
 For each mode: start ``kvpanel serve MODEL --no-ui --port 0 --offload MODE ...``, wait for its
 ready line, run the benchmark, SIGTERM it, then the next mode. A mode that fails to start (e.g.
-native offloading on vLLM's CPU platform) is recorded as failed with its last stderr line.
+native offloading on vLLM's CPU platform, or lmcache without the lmcache package) is recorded as
+failed with its last stderr line. The ``lmcache`` mode (LMCache's own connector) also counts as
+failed, numbers kept, unless its server log shows LMCache retrieving KV (bench.lmcache_check).
 
     ModeOutcome                     - one mode: ok / error, its BenchResult, the serve argv
     run_modes(params, modes, ...)   - run them in turn (programmatic use)
@@ -17,13 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from kvpanel.bench.lmcache_check import retrieval_error, scan_log
 from kvpanel.bench.long_doc_qa import BenchCancelled, BenchError, BenchParams, run_benchmark
 from kvpanel.bench.report import ProgressPrinter, output_paths, write_csv, write_plot
 from kvpanel.bench.result import QUERY, WARMUP, BenchResult
@@ -33,6 +38,7 @@ from kvpanel.bench.server_proc import (
     ServeProcess,
     default_serve_prefix,
     serve_command,
+    serve_env,
 )
 
 BASELINE = "vanilla"
@@ -49,6 +55,8 @@ class ModeOutcome:
     last_status: dict[str, Any] | None = None
     exit_code: int | None = None
     files: list[str] = field(default_factory=list)
+    log_path: str | None = None  # the server's stderr, when kept
+    lmcache: dict[str, Any] | None = None  # lmcache mode: what its log says LMCache retrieved
 
     def stat(self, round_name: str, attr: str) -> float:
         if self.result is None or round_name not in self.result.rounds:
@@ -57,13 +65,13 @@ class ModeOutcome:
 
 
 def parse_modes(text: str) -> list[str]:
-    """``"vanilla,native,kvpanel"`` -> list; raises ValueError on unknown or repeated names."""
+    """``"vanilla,native,lmcache,kvpanel"`` -> list; ValueError on unknown or repeated names."""
     modes = [m.strip() for m in text.split(",") if m.strip()]
     if not modes:
         raise ValueError("--compare needs at least one mode")
     for m in modes:
         if m not in OFFLOAD_MODES:
-            raise ValueError(f"unknown mode {m!r} (known: vanilla, native, kvpanel)")
+            raise ValueError(f"unknown mode {m!r} (known: vanilla, native, lmcache, kvpanel)")
     if len(set(modes)) != len(modes):
         raise ValueError(f"a mode is repeated in {text!r}")
     return modes
@@ -87,9 +95,11 @@ def run_modes(
         outcome = ModeOutcome(mode=mode, offload=offload, argv=argv)
         outcomes.append(outcome)
         print(f"[{mode}] starting: {shlex.join(argv)}", file=out, flush=True)
-        log_path = log_dir / f"serve-{mode}.log" if log_dir else None
+        log_path = _log_path(mode, offload, log_dir)
+        outcome.log_path = str(log_path) if log_path else None
+        env = serve_env(offload) if offload == "lmcache" else None
         try:
-            server = ServeProcess.start(argv, ready_timeout_s, log_path)
+            server = ServeProcess.start(argv, ready_timeout_s, log_path, env)
         except ServeFailed as exc:
             outcome.error = f"failed to start: {exc}"
             print(f"[{mode}] {outcome.error}", file=out, flush=True)
@@ -108,9 +118,40 @@ def run_modes(
         finally:
             outcome.last_status = server.last_status
             outcome.exit_code = server.stop()
+        if offload == "lmcache" and outcome.result is not None and log_path is not None:
+            _check_lmcache(outcome, log_path)
+            lm = outcome.lmcache or {}
+            print(
+                f"[{mode}] LMCache retrieved {lm.get('retrieved_tokens', 0)} tokens in "
+                f"{lm.get('hit_lines', 0)} of {lm.get('retrieved_lines', 0)} retrievals "
+                f"(log: {log_path})",
+                file=out,
+            )
         state = "ok" if outcome.ok else outcome.error
         print(f"[{mode}] done ({state}); server exit code {outcome.exit_code}", file=out)
     return outcomes
+
+
+def _log_path(mode: str, offload: str, log_dir: Path | None) -> Path | None:
+    """serve-MODE.log in ``log_dir``; the lmcache mode keeps one even without (its check reads
+    it), in the temp dir."""
+    if log_dir is not None:
+        return log_dir / f"serve-{mode}.log"
+    if offload != "lmcache":
+        return None
+    fd, name = tempfile.mkstemp(prefix=f"kvpanel-serve-{mode}-", suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
+def _check_lmcache(outcome: ModeOutcome, log_path: Path) -> None:
+    """Fail the mode (numbers kept) unless its log shows LMCache retrieving KV."""
+    scan = scan_log(log_path)
+    outcome.lmcache = {"log": str(log_path), **scan.to_dict()}
+    error = retrieval_error(scan, log_path)
+    if error is not None:
+        outcome.ok = False
+        outcome.error = f"{outcome.error}; {error}" if outcome.error else error
 
 
 def _ratio(a: float, b: float) -> float:
@@ -163,6 +204,9 @@ def comparison_dict(
         row["server_exit_code"] = o.exit_code
         row["last_status"] = o.last_status
         row["files"] = o.files
+        row["server_log"] = o.log_path
+        if o.offload == "lmcache":
+            row["lmcache_retrieval"] = o.lmcache
         row["result"] = o.result.to_dict() if o.result else None
     return {
         "benchmark": "long_doc_qa_compare",
@@ -187,7 +231,7 @@ def print_table(outcomes: Sequence[ModeOutcome], file: TextIO | None = None) -> 
         if r["mode"] not in (BASELINE, "none") and not math.isnan(r["query_ttft_gain_vs_vanilla"]):
             gains.append(
                 f"{r['mode']} query-round TTFT gain over vanilla: "
-                f"{r['query_ttft_gain_vs_vanilla']:.2f}x"
+                f"{r['query_ttft_gain_vs_vanilla']:.2f}x" + ("" if r["ok"] else " (mode failed)")
             )
         status = "ok" if r["ok"] else "failed"
         if not r["ok"]:

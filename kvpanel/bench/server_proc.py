@@ -7,6 +7,7 @@ accepts requests, then status snapshots; its logs go to stderr; SIGTERM stops it
     OFFLOAD_MODES                  - comparison name -> ``--offload`` value
     default_serve_prefix()         - how to invoke ``kvpanel serve`` from this interpreter
     serve_command(...)             - the full argv for one mode
+    serve_env(offload)             - the environment for one mode's server
     ServeProcess.start(argv, ...)  - start it and wait for "ready" (raises ServeFailed)
     ServeProcess.stop()            - SIGTERM, wait, SIGKILL the process group if it hangs
 """
@@ -25,11 +26,17 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-OFFLOAD_MODES = {"vanilla": "none", "none": "none", "native": "native", "kvpanel": "kvpanel"}
+OFFLOAD_MODES = {
+    "vanilla": "none",
+    "none": "none",
+    "native": "native",
+    "lmcache": "lmcache",
+    "kvpanel": "kvpanel",
+}
 STDERR_TAIL = 200
 # "RuntimeError: message" / "Exception: message" (a traceback's last line, maybe behind a prefix)
 _EXC_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S.*$")
@@ -69,10 +76,28 @@ def serve_command(
     return argv + shlex.split(engine_args)
 
 
+def serve_env(offload: str, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment, plus what LMCache needs in ``lmcache`` mode: a fixed
+    PYTHONHASHSEED (some versions key chunks with hash()), no usage reports, and INFO logs (its
+    "Retrieved N out of M required tokens" lines are how the comparison checks it did work)."""
+    env = dict(os.environ if base is None else base)
+    if offload == "lmcache":
+        env["PYTHONHASHSEED"] = "0"
+        env["LMCACHE_TRACK_USAGE"] = "false"
+        if env.get("LMCACHE_LOG_LEVEL", "").upper() != "DEBUG":
+            env["LMCACHE_LOG_LEVEL"] = "INFO"
+    return env
+
+
 class ServeProcess:
     """One ``kvpanel serve`` subprocess (in its own process group) and what it printed."""
 
-    def __init__(self, argv: Sequence[str], log_path: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.argv = list(argv)
         self.url: str | None = None
         self.token: str | None = None
@@ -89,6 +114,7 @@ class ServeProcess:
             text=True,
             bufsize=1,
             start_new_session=True,
+            env=None if env is None else dict(env),
         )
         self._threads = [
             threading.Thread(target=self._read_stdout, daemon=True),
@@ -99,11 +125,15 @@ class ServeProcess:
 
     @classmethod
     def start(
-        cls, argv: Sequence[str], ready_timeout_s: float, log_path: str | Path | None = None
+        cls,
+        argv: Sequence[str],
+        ready_timeout_s: float,
+        log_path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> ServeProcess:
         """Start and wait until it prints "ready"; stops it and raises ServeFailed otherwise."""
         try:
-            server = cls(argv, log_path)
+            server = cls(argv, log_path, env)
         except OSError as exc:
             raise ServeFailed(f"cannot start {argv[0]}: {exc}") from exc
         try:

@@ -5,13 +5,19 @@ Primitives:
 - ``scatter_chunks(slots, block_ids, layers, *, stream=None)``: chunk slots -> paged KV.
 - ``chunk_nbytes(layers, blocks_per_chunk)``: bytes one chunk slot needs.
 - ``backend_for(layers)``: "triton" or "torch", the backend a call on ``layers`` uses.
+- ``warm_up(layers, blocks_per_chunk, *, stream=None)``: compile the GPU kernels for this
+  geometry now, on scratch buffers, so the first real transfer does not wait for Triton's JIT.
+
+On CUDA the "triton" backend is the staged path (``staged_copy``: copy-engine memcpy per
+chunk plus a Triton page shuffle) and falls back to the direct kernel (``triton_copy``: SMs
+read/write pinned host pages) for calls the staged path cannot take.
 
 ``layers[l]`` is a ``(num_blocks, page_bytes_l)`` int8/uint8 view of one layer's KV;
 ``block_ids`` is an int64 ``(num_chunks, blocks_per_chunk)`` CPU tensor, -1 = skip that
 sub-block; ``slots[c]`` is a 1-D uint8 tensor receiving chunk ``c`` (layout in
 ``kvpanel.kernels.layout``). CUDA calls are asynchronous: synchronise ``stream`` (or the
-current stream) before reading slots or reusing them. Set ``KVPANEL_KERNEL_BACKEND=torch``
-to force the fallback. Triton is imported only when a CUDA call first needs it.
+current stream) before reading slots or reusing them. ``KVPANEL_KERNEL_BACKEND=torch`` forces
+the fallback, ``=direct`` the direct kernel. Triton is imported only when a CUDA call needs it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 from kvpanel.kernels import torch_copy
 from kvpanel.kernels.layout import chunk_nbytes
 
-__all__ = ["backend_for", "chunk_nbytes", "gather_chunks", "scatter_chunks"]
+__all__ = ["backend_for", "chunk_nbytes", "gather_chunks", "scatter_chunks", "warm_up"]
 
 
 @functools.cache
@@ -50,8 +56,11 @@ def _triton_module(layers: Sequence[torch.Tensor], slots: Sequence[torch.Tensor]
     """The Triton module when it can run this call, else None (-> torch fallback)."""
     if backend_for(layers) != "triton":
         return None
-    from kvpanel.kernels import triton_copy
+    from kvpanel.kernels import staged_copy, triton_copy
 
+    forced_direct = os.environ.get("KVPANEL_KERNEL_BACKEND", "") == "direct"
+    if not forced_direct and staged_copy.unsupported_reason(layers, slots) is None:
+        return staged_copy
     return None if triton_copy.unsupported_reason(layers, slots) else triton_copy
 
 
@@ -83,3 +92,28 @@ def scatter_chunks(
         mod.scatter_chunks(slots, block_ids, layers, stream=stream)
     else:
         torch_copy.scatter_chunks(slots, block_ids, layers, stream=stream)
+
+
+def warm_up(
+    layers: Sequence[torch.Tensor],
+    blocks_per_chunk: int,
+    *,
+    stream: torch.cuda.Stream | None = None,
+) -> None:
+    """Run one whole and one partial chunk each way on scratch copies of ``layers``' geometry.
+
+    Kernels specialise on page size, chunk size and alignment, which scratch buffers of the
+    same shapes share; the real KV cache is never touched.
+    """
+    if backend_for(layers) != "triton" or not layers:
+        return
+    bpc = blocks_per_chunk
+    scratch = [torch.zeros((bpc, int(t.shape[1])), dtype=t.dtype, device=t.device) for t in layers]
+    slot = torch.zeros(chunk_nbytes(scratch, bpc), dtype=torch.uint8, pin_memory=True)
+    whole = torch.arange(bpc, dtype=torch.int64).view(1, bpc)
+    partial = whole.clone()
+    partial[0, 0] = -1
+    for ids in (whole, partial):
+        gather_chunks(scratch, ids, [slot], stream=stream)
+        scatter_chunks([slot], ids, scratch, stream=stream)
+    torch.cuda.synchronize(layers[0].device)

@@ -4,6 +4,8 @@ Primitives:
 - ``page_sizes(layers)``: bytes of one paged block per layer.
 - ``chunk_nbytes(layers, blocks_per_chunk)``: bytes of one host chunk slot.
 - ``Layout`` / ``check_args(layers, block_ids, slots)``: validated geometry of one call.
+- ``plan_groups(block_ids, chunks_per_group, whole_only)``: which chunks of a call the staged
+  backend moves through its staging buffer (in groups) and which take the direct kernel.
 
 A slot holds ``blocks_per_chunk`` consecutive blocks of every layer, layer-major::
 
@@ -96,3 +98,18 @@ def check_args(
         if lo < -1 or hi >= limit:
             raise ValueError(f"block ids must lie in [-1, {limit}), got [{lo}, {hi}]")
     return Layout(pages, offsets, num_chunks, bpc, total)
+
+
+def plan_groups(
+    block_ids: torch.Tensor, chunks_per_group: int, whole_only: bool
+) -> tuple[list[list[int]], list[int]]:
+    """(staged groups of chunk indices, chunks for the direct kernel).
+
+    ``whole_only`` (gathers): a chunk with any -1 sub-block goes direct.
+    """
+    n = int(block_ids.shape[0])
+    whole = (block_ids >= 0).all(dim=1).tolist() if whole_only else [True] * n
+    staged = [i for i, ok in enumerate(whole) if ok]
+    direct = [i for i, ok in enumerate(whole) if not ok]
+    size = max(1, chunks_per_group)
+    return [staged[i : i + size] for i in range(0, len(staged), size)], direct

@@ -42,6 +42,14 @@ def _write_line(fd: int, obj: dict[str, Any]) -> None:
 def _kv_config(opts: ServeOptions) -> tuple[dict[str, Any] | None, ServeOptions]:
     if opts.offload == "none":
         return None, opts
+    if opts.offload == "lmcache":
+        # LMCache's own connector, configured as its users do (serve.lmcache_mode).
+        from kvpanel.serve import lmcache_mode
+
+        prepared = lmcache_mode.prepare(opts, os.environ)
+        for note in prepared.notes:
+            print(f"kvpanel serve: {note}", file=sys.stderr)
+        return None, replace(opts, vllm_args=[*opts.vllm_args, *prepared.vllm_args])
     if opts.offload == "native":
         # vLLM's own CPU offload exactly as its users enable it (its defaults, our CPU bytes).
         gib = f"{opts.settings.cpu_bytes / 2**30:g}"
@@ -146,6 +154,17 @@ def serve_main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"kvpanel serve: error: {e}", file=sys.stderr)
         return 2
+    if opts.offload == "lmcache":
+        from kvpanel.serve import lmcache_mode
+
+        try:  # before the demo model is written or vLLM imported
+            lmcache_mode.check_installed()
+        except ConfigError as e:
+            print(f"kvpanel serve: error: {e}", file=sys.stderr)
+            return 2
+        hashseed = lmcache_mode.hashseed_warning(os.environ)
+        if hashseed:
+            opts.warnings.append(hashseed)
     for w in opts.warnings:
         print(f"kvpanel serve: warning: {w}", file=sys.stderr)
 

@@ -19,7 +19,7 @@ from typing import Any
 from kvpanel.config_file import load_config_file
 from kvpanel.settings import GB, CacheSettings, ConfigError, default_state_dir
 
-OFFLOAD_MODES = ("kvpanel", "native", "none")
+OFFLOAD_MODES = ("kvpanel", "native", "lmcache", "none")
 
 
 class ServeError(ConfigError):
@@ -40,6 +40,7 @@ class ServeOptions:
     theme: str | None
     vllm_args: list[str]
     warnings: list[str] = field(default_factory=list)
+    config_path: str | None = None  # the YAML the settings came from (--config or env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--offload",
         choices=OFFLOAD_MODES,
         default="kvpanel",
-        help="kvpanel tiers (default), vLLM's native CPU offload, or none (for comparisons)",
+        help="kvpanel tiers (default); for comparisons: vLLM's native CPU offload, LMCache's "
+        "connector (needs the lmcache package), or none",
     )
     p.add_argument("--no-ui", action="store_true", help="headless: JSON status lines on stdout")
     p.add_argument("--status-interval", type=float, default=2.0, help="seconds between lines")
@@ -81,6 +83,16 @@ def _gb(name: str, v: float | None) -> int | None:
     if v < 0:
         raise ServeError(f"--{name} must not be negative, got {v}")
     return int(v * GB)
+
+
+def _has_kv_transfer_config(args: list[str]) -> bool:
+    """vLLM spells it ``--kv-transfer-config[=JSON]``, ``--kv_transfer_config`` or, per field,
+    ``--kv-transfer-config.kv_connector``."""
+    for a in args:
+        name = a.split("=", 1)[0].replace("_", "-")
+        if name == "--kv-transfer-config" or name.startswith("--kv-transfer-config."):
+            return True
+    return False
 
 
 def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> ServeOptions:
@@ -110,7 +122,9 @@ def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> Serv
     file_values: dict[str, Any] = {}
     if config_path:
         cf = load_config_file(config_path)
-        file_values, warnings = cf.values, list(cf.warnings)
+        file_values = cf.values
+        # With --offload lmcache the file goes to LMCache unchanged, which uses those keys.
+        warnings = [] if ns.offload == "lmcache" else list(cf.warnings)
     for key in sorted(set(flags) & set(file_values)):
         a, b = flags[key], file_values[key]
         if key == "disk_path":
@@ -131,6 +145,11 @@ def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> Serv
         raise ServeError("--control-host needs --control-port")
     if ns.offload != "kvpanel" and (settings.disk_path or settings.remote_url):
         raise ServeError(f"--offload {ns.offload} has no disk or remote tier; drop those settings")
+    if ns.offload != "none" and _has_kv_transfer_config(rest):
+        raise ServeError(
+            f"--kv-transfer-config conflicts with --offload {ns.offload}, which sets it; "
+            "use --offload none to pass your own"
+        )
     return ServeOptions(
         model=model,
         settings=settings,
@@ -144,4 +163,5 @@ def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> Serv
         theme=ns.theme,
         vllm_args=rest,
         warnings=warnings,
+        config_path=config_path or None,
     )

@@ -5,15 +5,16 @@ per offload chunk (``SlotSpec``). A chunk holds ``blocks_per_chunk`` consecutive
 layer of its group, layer-major (the ``kvpanel.kernels`` slot layout). The first chunk of a group
 may be entered part-way (``block_indices``) and the last may end early: those sub-blocks are -1.
 
-On CUDA the copies run on their own stream through the Triton kernels and complete
-asynchronously (an event per job); on vLLM's CPU platform they are plain torch copies that are
-done when submit returns.
+On CUDA the copies complete asynchronously (an event per job) on two streams of their own:
+loads on a high-priority stream, because a request waits for them, and stores on another, so a
+load never queues behind a large store and both PCIe directions run at once. A chunk becomes
+visible to lookups only after its store completed, so the two streams need no ordering between
+them. On vLLM's CPU platform the copies are plain torch copies, done when submit returns.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import NamedTuple
 
 import torch
@@ -79,8 +80,14 @@ class KvpanelWorker(OffloadingWorker):
                 f"kvpanel slot of {store.cpu.slot_bytes} bytes cannot hold a chunk of {need} bytes"
             )
         self.on_cuda = any(t.is_cuda for g in self.layers for t in g)
-        self.stream = torch.cuda.Stream() if self.on_cuda else None
-        self._jobs: deque[_Job] = deque()
+        self.load_stream = torch.cuda.Stream(priority=-1) if self.on_cuda else None
+        self.store_stream = torch.cuda.Stream() if self.on_cuda else None
+        if self.on_cuda:  # JIT-compile now, not during the first request's load
+            for g in self.layers:
+                if g:
+                    kernels.warm_up(g, blocks_per_chunk, stream=self.load_stream)
+                    kernels.warm_up(g, blocks_per_chunk, stream=self.store_stream)
+        self._jobs: list[_Job] = []
         self._done: list[TransferResult] = []
 
     def _plan(self, gpu: GPULoadStoreSpec, slots: LoadStoreSpec) -> list:
@@ -107,23 +114,24 @@ class KvpanelWorker(OffloadingWorker):
     def _run(self, job_id: int, plan: list, to_slots: bool) -> bool:
         nbytes = 0
         start_event = end_event = None
-        if self.stream is not None:
+        stream = self.store_stream if to_slots else self.load_stream
+        if stream is not None:
             start_event = torch.cuda.Event(enable_timing=True)
             end_event = torch.cuda.Event(enable_timing=True)
             # Stores read KV the model just wrote; loads write blocks the scheduler may have
             # zeroed on the compute stream: order both after it.
-            self.stream.wait_stream(torch.cuda.current_stream())
-            start_event.record(self.stream)
+            stream.wait_stream(torch.cuda.current_stream())
+            start_event.record(stream)
         started = time.perf_counter()
         for layers, table, views in plan:
             if to_slots:
-                kernels.gather_chunks(layers, table, views, stream=self.stream)
+                kernels.gather_chunks(layers, table, views, stream=stream)
             else:
-                kernels.scatter_chunks(views, table, layers, stream=self.stream)
+                kernels.scatter_chunks(views, table, layers, stream=stream)
             valid = int((table >= 0).sum())
             nbytes += valid * sum(t.shape[1] for t in layers)
         if end_event is not None:
-            end_event.record(self.stream)
+            end_event.record(stream)
         cpu_seconds = time.perf_counter() - started
         self._jobs.append(_Job(job_id, nbytes, not to_slots, cpu_seconds, start_event, end_event))
         return True
@@ -138,17 +146,18 @@ class KvpanelWorker(OffloadingWorker):
 
     def get_finished(self) -> list[TransferResult]:
         results = []
-        while self._jobs:
-            job = self._jobs[0]
+        pending = []
+        for job in self._jobs:  # two streams: jobs may finish out of submission order
             if job.end_event is not None:
                 if not job.end_event.query():  # type: ignore[attr-defined]
-                    break
+                    pending.append(job)
+                    continue
                 seconds = job.start_event.elapsed_time(job.end_event) * 1e-3  # type: ignore[attr-defined]
             else:
                 seconds = job.cpu_seconds
-            self._jobs.popleft()
             self.store.record_transfer(job.nbytes, seconds, load=job.is_load)
             results.append(TransferResult(job.job_id, True, job.nbytes, seconds))
+        self._jobs = pending
         return results
 
     def wait(self, job_ids: set[int]) -> None:
@@ -157,6 +166,7 @@ class KvpanelWorker(OffloadingWorker):
                 job.end_event.synchronize()  # type: ignore[attr-defined]
 
     def shutdown(self) -> None:
-        if self.stream is not None:
-            self.stream.synchronize()
+        for stream in (self.load_stream, self.store_stream):
+            if stream is not None:
+                stream.synchronize()
         self._jobs.clear()

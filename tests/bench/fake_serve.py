@@ -1,11 +1,15 @@
 """A stand-in for ``kvpanel serve``: JSON lines on stdout, logs on stderr, exit 0 on SIGTERM.
 
 ``--offload native`` fails like vLLM's CPU platform does; everything else serves FakeServer.
+``--offload lmcache`` also logs LMCache-style retrieval lines on stderr: one per request, each
+retrieving ``FAKE_LMCACHE_RETRIEVED`` tokens (no lines when unset), and reports the
+LMCache-related environment it got in its status lines.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -15,6 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests.bench.fake_server import FakeServer  # noqa: E402
+
+LMCACHE_ENV = ("PYTHONHASHSEED", "LMCACHE_TRACK_USAGE", "LMCACHE_LOG_LEVEL")
+# LMCache 0.5's format, colour codes included (lmcache.logging.CustomFormatter).
+RETRIEVED_LINE = (
+    "\x1b[32;20m[2026-01-01 00:00:00,000] LMCache INFO:\x1b[0m [req_id=fake] Retrieved {n} out "
+    "of 600 required tokens (from 600 total tokens). size: 0.0100 gb, cost 1.0000 ms, "
+    "throughput: 10.0000 GB/s; \x1b[3m(cache_engine.py:700:lmcache.v1.cache_engine)\x1b[0m"
+)
 
 
 def main() -> int:
@@ -31,13 +43,23 @@ def main() -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     hit = None if offload == "none" else 0.01
+    env = {k: os.environ.get(k) for k in LMCACHE_ENV} if offload == "lmcache" else None
+    retrieved = os.environ.get("FAKE_LMCACHE_RETRIEVED") if offload == "lmcache" else None
+    logged = 0
     with FakeServer(first_delay=0.05, hit_delay=hit, model=argv[0]) as server:
         print(json.dumps({"event": "ready", "url": server.url, "token": "tok"}), flush=True)
-        while not stop.wait(0.2):
+        while True:
+            stopping = stop.wait(0.2)
+            if retrieved is not None:
+                for _ in range(logged, len(server.requests)):
+                    print(RETRIEVED_LINE.format(n=retrieved), file=sys.stderr, flush=True)
+                logged = len(server.requests)
             status = {"event": "status", "argv": argv, "requests": len(server.requests)}
+            if env is not None:
+                status["env"] = env
             print(json.dumps(status), flush=True)
-        status = {"event": "status", "argv": argv, "requests": len(server.requests)}
-        print(json.dumps(status), flush=True)
+            if stopping:
+                break
     time.sleep(0.05)
     return 0
 

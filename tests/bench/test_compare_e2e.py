@@ -1,4 +1,4 @@
-"""CI form of "kvpanel bench long-doc-qa --compare vanilla,native,kvpanel" on vLLM's CPU platform.
+"""CI form of "kvpanel bench long-doc-qa --compare vanilla,native,lmcache,kvpanel" (vLLM CPU).
 
 The seed's run (gpt-oss-120b, 20 docs x 20k tokens, GPU KV capped) scaled down to a tiny Llama:
 6 documents x 1200 tokens against an engine KV of 24 blocks x 128 tokens = 3072 tokens (about
@@ -12,8 +12,13 @@ is vLLM with its own prefix cache, and only the small KV forces the misses.
 
 ``native`` (vLLM's OffloadingConnector) refuses the CPU platform ("CPU Offloading is currently
 only supported on CUDA-alike and XPU GPUs"); it must be reported as failed without failing
-the run. The kvpanel-vs-vanilla query-round TTFT gain is printed and stored, never asserted:
-on a 2-core VM shared with other jobs it is a measurement, not a property.
+the run. So must ``lmcache`` where the lmcache package is not installed (CI): its server exits 2
+before loading anything, with "--offload lmcache needs the lmcache package"; that costs one
+interpreter start, no model load. Where lmcache is installed the mode is left out here (LMCache
+is measured on GPUs, not on vLLM's CPU platform).
+
+The kvpanel-vs-vanilla query-round TTFT gain is printed and stored, never asserted: on a
+2-core VM shared with other jobs it is a measurement, not a property.
 
 Finally, ``--expected-ttft-gain 1000`` against a single running server must exit non-zero.
 """
@@ -21,6 +26,7 @@ Finally, ``--expected-ttft-gain 1000`` against a single running server must exit
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -53,6 +59,9 @@ WORKLOAD = [
 ]
 ENGINE_ARGS = "--skip-tokenizer-init --enforce-eager --max-model-len 2048"
 KV_BLOCKS = 24
+# lmcache fails fast (exit 2, before vLLM) only where the package is missing.
+LMCACHE_MISSING = importlib.util.find_spec("lmcache") is None
+MODES = ["vanilla", "native", *(["lmcache"] if LMCACHE_MISSING else []), "kvpanel"]
 
 
 def kvpanel(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -75,7 +84,7 @@ def test_compare_vanilla_native_kvpanel_on_cpu(tiny_llama, tmp_path):  # noqa: F
         "bench",
         "long-doc-qa",
         "--compare",
-        "vanilla,native,kvpanel",
+        ",".join(MODES),
         "--model",
         tiny_llama,
         *WORKLOAD,
@@ -100,13 +109,15 @@ def test_compare_vanilla_native_kvpanel_on_cpu(tiny_llama, tmp_path):  # noqa: F
     for mode in ("vanilla", "kvpanel"):
         assert re.search(rf"^{mode}\s+ok\s+{num}\s+{num}\s+{num}", table, re.M), table
     assert re.search(r"^native\s+failed", table, re.M), table
+    if LMCACHE_MISSING:
+        assert re.search(r"^lmcache\s+failed", table, re.M), table
     gain_line = re.search(r"^kvpanel query-round TTFT gain over vanilla: (\d+\.\d+)x$", table, re.M)
     assert gain_line, table
 
     # The JSON.
     doc = json.loads(out.read_text())
     modes = {m["mode"]: m for m in doc["modes"]}
-    assert list(modes) == ["vanilla", "native", "kvpanel"]
+    assert list(modes) == MODES
     assert doc["params"]["num_documents"] == NUM_DOCS
     for name in ("vanilla", "kvpanel"):
         m = modes[name]
@@ -122,6 +133,12 @@ def test_compare_vanilla_native_kvpanel_on_cpu(tiny_llama, tmp_path):  # noqa: F
     assert native["error"].startswith("failed to start"), native["error"]
     assert "CUDA-alike" in native["error"], native["error"]
     assert "--offload" in native["command"] and "native" in native["command"]
+    if LMCACHE_MISSING:
+        lm = modes["lmcache"]
+        assert not lm["ok"] and lm["result"] is None
+        assert lm["error"].startswith("failed to start: exited with code 2"), lm["error"]
+        assert "--offload lmcache needs the lmcache package (pip install lmcache)" in lm["error"]
+        assert "lmcache_retrieval" in lm and lm["lmcache_retrieval"] is None
 
     gain = modes["kvpanel"]["query_ttft_gain_vs_vanilla"]
     assert isinstance(gain, float) and gain > 0
@@ -152,6 +169,7 @@ def test_compare_vanilla_native_kvpanel_on_cpu(tiny_llama, tmp_path):  # noqa: F
 
         assert matplotlib.image.imread(png_path).shape[0] > 100
     assert not out.with_name("compare-native.csv").exists()
+    assert not out.with_name("compare-lmcache.csv").exists()
 
     # The engine KV really was capped (vLLM's CPU platform honours the override).
     vanilla_log = (out.parent / "serve-vanilla.log").read_text()

@@ -230,3 +230,58 @@ def test_triton_matches_reference(pages: list[int]) -> None:
     triton_copy.scatter_chunks(got, ids, fresh)
     torch.cuda.synchronize()
     assert all(torch.equal(a.cpu(), b) for a, b in zip(fresh, expect, strict=True))
+
+
+def test_plan_groups_stages_whole_chunks_in_groups() -> None:
+    from kvpanel.kernels.layout import plan_groups
+
+    ids = torch.arange(5 * 4, dtype=torch.int64).view(5, 4).clone()
+    ids[0, :2] = -1  # entered part-way
+    ids[4, 3] = -1  # ends early
+    groups, direct = plan_groups(ids, 2, whole_only=True)
+    assert groups == [[1, 2], [3]] and direct == [0, 4]
+    # Scatters stage every chunk: the kernel skips -1 pages itself.
+    groups, direct = plan_groups(ids, 2, whole_only=False)
+    assert groups == [[0, 1], [2, 3], [4]] and direct == []
+    # A staging buffer smaller than one chunk still moves one chunk per group.
+    groups, _ = plan_groups(ids, 0, whole_only=False)
+    assert groups == [[0], [1], [2], [3], [4]]
+
+
+@pytest.mark.skipif(
+    not _triton_ready(),
+    reason="needs CUDA + Triton; checked on the H200 by benchmarks/kernels_bench.py "
+    "(not in CPU CI)",
+)
+@pytest.mark.parametrize("staging_chunks", [1, 3, 100])
+def test_staged_matches_reference(monkeypatch: pytest.MonkeyPatch, staging_chunks: int) -> None:
+    from kvpanel.kernels import staged_copy
+
+    gen = torch.Generator().manual_seed(23)
+    num_chunks, bpc, pages = 7, 16, [256] * 4
+    layers = make_layers(pages, 512, gen, device="cuda")
+    nbytes = chunk_nbytes(layers, bpc)
+    monkeypatch.setattr(staged_copy, "STAGING_BYTES", staging_chunks * nbytes)
+    monkeypatch.setattr(staged_copy, "_staging", {})
+    ids = make_block_ids(num_chunks, bpc, 512, gen, head=3, tail=5)
+    ref = poisoned_slots(num_chunks, nbytes)
+    reference.gather_chunks([t.cpu() for t in layers], ids, ref)
+    got = [s.pin_memory() for s in poisoned_slots(num_chunks, nbytes)]
+    assert kernels._triton_module(layers, got) is staged_copy
+    kernels.gather_chunks(layers, ids, got)
+    torch.cuda.synchronize()
+    # Partial chunks (first and last) must keep the poison where ids are -1.
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+
+    fresh = make_layers(pages, 512, gen, device="cuda")
+    expect = [t.cpu() for t in fresh]
+    reference.scatter_chunks(ref, ids, expect)
+    kernels.scatter_chunks(got, ids, fresh)
+    torch.cuda.synchronize()
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(fresh, expect, strict=True))
+
+
+def test_warm_up_is_a_no_op_on_cpu() -> None:
+    layers = [torch.full((4, 32), 7, dtype=torch.int8)]
+    kernels.warm_up(layers, 2)  # the torch backend has nothing to compile
+    assert bool((layers[0] == 7).all())
