@@ -29,7 +29,7 @@ install_lmcache() {
 
 case "${1:-check}" in
   check)
-    python benchmarks/kernels_bench.py --reps 10 2>&1 | tee "$OUT/kernels.txt" | tail -60
+    python benchmarks/kernels_bench.py --reps 10 ${KERNEL_ARGS:-} 2>&1 | tee "$OUT/kernels.txt" | tail -60
     if python -c "import pytest" 2>/dev/null; then
       python -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel-tests.txt" | tail -4
     else
