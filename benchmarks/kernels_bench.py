@@ -134,6 +134,8 @@ def check(
     from kvpanel.kernels import dma_copy
 
     if cuda and dma_copy.available():  # vLLM's swap_blocks_batch must agree bit for bit too
+        # The scatter above rewrote some of the blocks ids point at: expect anew.
+        torch_copy.gather_chunks(layers, ids, expect)
         dma = make_slots(n, nbytes, 2, cuda)
         dma_copy.gather_chunks(layers, ids, dma)
         torch.cuda.synchronize()
@@ -145,6 +147,13 @@ def check(
         dma_copy.scatter_chunks(dma, dst_ids, layers)
         torch.cuda.synchronize()
         result["dma_scatter_exact"] = all(
+            torch.equal(a, b) for a, b in zip(want, layers, strict=True)
+        )
+        want = [t.clone() for t in layers]
+        torch_copy.scatter_chunks(dma, dst_ids, want)
+        dma_copy.vllm_triton_scatter_chunks(dma, dst_ids, layers)
+        torch.cuda.synchronize()
+        result["vllm_triton_scatter_exact"] = all(
             torch.equal(a, b) for a, b in zip(want, layers, strict=True)
         )
         del want
@@ -160,10 +169,10 @@ def check_whole(
     num_blocks = layers[0].shape[0]
     nbytes = chunk_nbytes(layers, bpc)
     ids = torch.randperm(num_blocks, generator=gen)[: n * bpc].view(n, bpc).clone()
-    expect = make_slots(n, nbytes, 2, True)
-    torch_copy.gather_chunks(layers, ids, expect)
     out: dict[str, bool] = {}
     for name, mod in (("staged", staged_copy), ("direct", triton_copy)):
+        expect = make_slots(n, nbytes, 2, True)  # anew: the previous scatter rewrote blocks
+        torch_copy.gather_chunks(layers, ids, expect)
         got = make_slots(n, nbytes, 2, True)
         mod.gather_chunks(layers, ids, got)
         torch.cuda.synchronize()
@@ -188,7 +197,7 @@ def contended(fn: Callable[[], None], reps: int) -> float:
     transfers should not."""
     side = torch.cuda.Stream()
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    copy_stream = torch.cuda.Stream()
+    copy_stream = torch.cuda.Stream(priority=-1)  # as the worker's streams
     with torch.cuda.stream(side):
         for _ in range(600):  # ~0.8 s of backlog, longer than the timed copies
             a = a @ a
@@ -264,6 +273,9 @@ def time_one(
     if dma_copy.available():  # vLLM's swap_blocks_batch on the same data (cuMemcpyBatchAsync)
         t["dma_gather"] = timed(lambda: dma_copy.gather_chunks(layers, ids, slots), reps, cuda)
         t["dma_scatter"] = timed(lambda: dma_copy.scatter_chunks(slots, ids, layers), reps, cuda)
+        t["vllm_triton_scatter"] = timed(
+            lambda: dma_copy.vllm_triton_scatter_chunks(slots, ids, layers), reps, cuda
+        )
     return t
 
 

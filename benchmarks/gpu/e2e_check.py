@@ -56,7 +56,7 @@ def main() -> None:
             "model": model,
             "settings": settings,
             "rounds": [[prompt], [prompt]],
-            "engine_kwargs": {"gpu_memory_utilization": 0.3, "enforce_eager": True},
+            "engine_kwargs": {"gpu_memory_utilization": 0.3},
         },
         tmp / "a",
     )
@@ -65,7 +65,7 @@ def main() -> None:
             "model": model,
             "settings": settings,
             "rounds": [[prompt]],
-            "engine_kwargs": {"gpu_memory_utilization": 0.3, "enforce_eager": True},
+            "engine_kwargs": {"gpu_memory_utilization": 0.3},
         },
         tmp / "b",
     )

@@ -4,8 +4,9 @@ is busy. It exists where vLLM's CUDA ops do (a GPU install of vLLM) and serves a
 comparison point for the Triton kernels in ``benchmarks/kernels_bench.py``.
 
 Primitives: available(), descriptors(layers, block_ids, slots, to_slots), gather_chunks(...),
-scatter_chunks(...) with the package's signature. The descriptor table is built with numpy (no
-per-page Python loop).
+scatter_chunks(...) with the package's signature, vllm_triton_scatter_chunks(...) (vLLM's
+Triton variant of the same call, which its worker uses for small CPU->GPU pages). The
+descriptor table is built with numpy (no per-page Python loop).
 """
 
 from __future__ import annotations
@@ -93,3 +94,21 @@ def scatter_chunks(
     stream: torch.cuda.Stream | None = None,
 ) -> None:
     _submit(*descriptors(layers, block_ids, slots, to_slots=False), stream)
+
+
+def vllm_triton_scatter_chunks(
+    slots: Sequence[torch.Tensor],
+    block_ids: torch.Tensor,
+    layers: Sequence[torch.Tensor],
+    *,
+    stream: torch.cuda.Stream | None = None,
+) -> None:
+    """Slots -> paged KV through vLLM's own Triton ``swap_blocks_batch`` (its CPU->GPU path
+    for pages under 28 KiB; one descriptor per page, SMs read pinned host memory)."""
+    from vllm.v1.kv_offload.cpu.swap_blocks_triton import swap_blocks_batch
+
+    src, dst, sizes = descriptors(layers, block_ids, slots, to_slots=False)
+    chunk = min(1 << (int(sizes.max()) - 1).bit_length(), 8192)
+    ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+    with ctx:  # it uploads the tables itself (non_blocking from pageable memory: synchronous)
+        swap_blocks_batch(src, dst, sizes, bytes_per_chunk=chunk)

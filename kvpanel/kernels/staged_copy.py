@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from kvpanel.kernels import triton_copy
-from kvpanel.kernels.layout import Layout, check_args, plan_groups
+from kvpanel.kernels.layout import Layout, check_args, layers_key, plan_groups
 
 STAGING_BYTES = int(float(os.environ.get("KVPANEL_STAGING_MB", "64")) * 2**20)
 # The shuffle is device-memory bound; a modest grid finishes it in microseconds.
@@ -84,11 +84,11 @@ def _shuffle_kernel(
 
 def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Tensor]) -> str | None:
     """Why the staged path cannot run this call (the caller then uses the direct kernel)."""
+    if not triton_copy.uniform_pages(layers):
+        return "layers have different page sizes"
     why = triton_copy.unsupported_reason(layers, slots)
     if why:
         return why
-    if len({int(t.shape[1]) for t in layers}) != 1:
-        return "layers have different page sizes"
     if any(s.device.type == "cuda" for s in slots):
         return "slots live on the GPU (no PCIe leg to stage)"
     return None
@@ -111,7 +111,7 @@ def _stage_for(device: torch.device, stream: torch.cuda.Stream, nbytes: int) -> 
 
 def _table_for(layers: Sequence[torch.Tensor], stage: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Per-layer (base - stage, row stride) in unit words, cached: built once per KV cache."""
-    key = (stage.data_ptr(), tuple((t.data_ptr(), t.stride(0)) for t in layers))
+    key = (stage.data_ptr(), layers_key(layers))
     hit = _tables.get(key)
     if hit is not None:
         return hit
@@ -180,7 +180,10 @@ def _run(
                     triton_copy.scatter_chunks(picked, part, layers, stream=stream)
             n = lay.nbytes
             for group in groups:
-                ids = block_ids[group]
+                first, last = group[0], group[-1]
+                # Groups are runs of consecutive chunks unless partial ones went direct.
+                contiguous = last - first + 1 == len(group)
+                ids = block_ids[first : last + 1] if contiguous else block_ids[group]
                 if to_slots:
                     _shuffle(layers, ids, stage, lay, to_stage=True)
                     for k, c in enumerate(group):

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kvpanel.kernels.layout import Layout, check_args
+from kvpanel.kernels.layout import Layout, check_args, layers_key
 
 # Programs per launch. A PCIe copy saturates the link with a fraction of the SMs, and
 # the copies overlap model compute, so do not take the whole GPU by default.
@@ -73,9 +73,9 @@ def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Ten
     device = layers[0].device
     if device.type != "cuda":
         return "layers are not CUDA tensors"
-    for layer in layers:
-        if layer.shape[1] % 8 or layer.data_ptr() % 8 or layer.stride(0) % 8:
-            return "a page is not 8-byte aligned"
+    why = _layers_reason(layers)
+    if why:
+        return why
     for slot in slots:
         if slot.device.type == "cuda":
             if slot.device != device:
@@ -86,6 +86,30 @@ def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Ten
         if slot.data_ptr() % 8:
             return "a slot is not 8-byte aligned"
     return None
+
+
+_layer_reasons: dict[tuple, str | None] = {}
+
+
+def _layers_reason(layers: Sequence[torch.Tensor]) -> str | None:
+    """The per-layer part of ``unsupported_reason``, once per layers list."""
+    key = layers_key(layers)
+    if key not in _layer_reasons:
+        why = None
+        for layer in layers:
+            if layer.shape[1] % 8 or layer.data_ptr() % 8 or layer.stride(0) % 8:
+                why = "a page is not 8-byte aligned"
+        if len({int(t.shape[1]) for t in layers}) != 1:
+            why = why or "layers have different page sizes"
+        if len(_layer_reasons) > 64:
+            _layer_reasons.clear()
+        _layer_reasons[key] = why
+    return _layer_reasons[key]
+
+
+def uniform_pages(layers: Sequence[torch.Tensor]) -> bool:
+    """All layers share one page size (cached per layers list)."""
+    return _layers_reason(layers) != "layers have different page sizes"
 
 
 def _descriptors(

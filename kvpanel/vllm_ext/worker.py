@@ -5,9 +5,9 @@ per offload chunk (``SlotSpec``). A chunk holds ``blocks_per_chunk`` consecutive
 layer of its group, layer-major (the ``kvpanel.kernels`` slot layout). The first chunk of a group
 may be entered part-way (``block_indices``) and the last may end early: those sub-blocks are -1.
 
-On CUDA the copies complete asynchronously (an event per job) on two streams of their own:
-loads on a high-priority stream, because a request waits for them, and stores on another, so a
-load never queues behind a large store and both PCIe directions run at once. A chunk becomes
+On CUDA the copies complete asynchronously (an event per job) on two high-priority streams of
+their own, one for loads and one for stores, so a load never queues behind a large store and
+both PCIe directions run at once. A chunk becomes
 visible to lookups only after its store completed, so the two streams need no ordering between
 them. On vLLM's CPU platform the copies are plain torch copies, done when submit returns.
 """
@@ -80,8 +80,10 @@ class KvpanelWorker(OffloadingWorker):
                 f"kvpanel slot of {store.cpu.slot_bytes} bytes cannot hold a chunk of {need} bytes"
             )
         self.on_cuda = any(t.is_cuda for g in self.layers for t in g)
+        # High priority: the staged path's page shuffles are microseconds long and should
+        # not queue behind the model's kernels (the PCIe leg needs no SM at all).
         self.load_stream = torch.cuda.Stream(priority=-1) if self.on_cuda else None
-        self.store_stream = torch.cuda.Stream() if self.on_cuda else None
+        self.store_stream = torch.cuda.Stream(priority=-1) if self.on_cuda else None
         if self.on_cuda:  # JIT-compile now, not during the first request's load
             for g in self.layers:
                 if g:
