@@ -74,7 +74,7 @@ def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Ten
     if device.type != "cuda":
         return "layers are not CUDA tensors"
     why = _layers_reason(layers)
-    if why:
+    if why and why != _MIXED_PAGES:  # the direct kernel handles mixed page sizes
         return why
     for slot in slots:
         if slot.device.type == "cuda":
@@ -88,6 +88,7 @@ def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Ten
     return None
 
 
+_MIXED_PAGES = "layers have different page sizes"
 _layer_reasons: dict[tuple, str | None] = {}
 
 
@@ -100,7 +101,7 @@ def _layers_reason(layers: Sequence[torch.Tensor]) -> str | None:
             if layer.shape[1] % 8 or layer.data_ptr() % 8 or layer.stride(0) % 8:
                 why = "a page is not 8-byte aligned"
         if len({int(t.shape[1]) for t in layers}) != 1:
-            why = why or "layers have different page sizes"
+            why = why or _MIXED_PAGES
         if len(_layer_reasons) > 64:
             _layer_reasons.clear()
         _layer_reasons[key] = why
@@ -109,7 +110,7 @@ def _layers_reason(layers: Sequence[torch.Tensor]) -> str | None:
 
 def uniform_pages(layers: Sequence[torch.Tensor]) -> bool:
     """All layers share one page size (cached per layers list)."""
-    return _layers_reason(layers) != "layers have different page sizes"
+    return _layers_reason(layers) != _MIXED_PAGES
 
 
 def _descriptors(
