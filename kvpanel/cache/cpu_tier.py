@@ -115,12 +115,14 @@ class CpuTier:
         with self._lock:
             return self._visible_ready(key) is not None
 
-    def lookup(self, key: ChunkKey) -> bool:
+    def lookup(self, key: ChunkKey, count: bool = True) -> bool:
+        """READY? Touches the LRU; ``count=False`` for repeated polls of one request."""
         with self._lock:
             hit = self._visible_ready(key) is not None
             if hit:
                 self._lru.touch(key)
-        self._counters.add(hits=int(hit), misses=int(not hit))
+        if count:
+            self._counters.add(hits=int(hit), misses=int(not hit))
         return hit
 
     def touch(self, keys: Iterable[ChunkKey]) -> None:

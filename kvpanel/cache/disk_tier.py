@@ -93,12 +93,13 @@ class DiskTier:
         with self._lock:
             return key in self._sizes
 
-    def lookup(self, key: ChunkKey) -> bool:
+    def lookup(self, key: ChunkKey, count: bool = True) -> bool:
         with self._lock:
             hit = key in self._sizes
             if hit:
                 self._lru.touch(key)
-        self._counters.add(hits=int(hit), misses=int(not hit))
+        if count:
+            self._counters.add(hits=int(hit), misses=int(not hit))
         return hit
 
     def keys(self) -> list[ChunkKey]:

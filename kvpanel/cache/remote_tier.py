@@ -158,7 +158,7 @@ class RemoteTier:
 
     # ----- reads ------------------------------------------------------------------------------
 
-    def may_have(self, key: ChunkKey) -> bool:
+    def may_have(self, key: ChunkKey, count: bool = True) -> bool:
         """Worth a GET? No I/O (runs on the scheduler); a False answer counts as a miss."""
         now = time.monotonic()
         with self._lock:
@@ -170,7 +170,7 @@ class RemoteTier:
                         ok = False
                     else:
                         del self._misses[key]
-        if not ok:
+        if not ok and count:
             self._counters.add(misses=1)
         return ok
 

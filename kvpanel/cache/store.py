@@ -89,15 +89,17 @@ class TieredStore:
 
     # ----- lookups ----------------------------------------------------------------------------
 
-    def lookup(self, key: ChunkKey) -> LookupState:
+    def lookup(self, key: ChunkKey, count: bool = True) -> LookupState:
+        """HIT (in CPU), PENDING (being promoted from disk/Redis), or MISS. ``count=False``:
+        answer without counting, for a caller that asks again about the same request."""
         with self._lock:
             if key in self._pending:
                 return LookupState.PENDING  # counted when the promotion started
-            if self.cpu.lookup(key):
+            if self.cpu.lookup(key, count):
                 return LookupState.HIT
             if self._closed:
                 return LookupState.MISS
-            if self.disk is not None and self.disk.lookup(key):
+            if self.disk is not None and self.disk.lookup(key, count):
                 # Reserve here, not in the worker, so "no CPU room" is a MISS right away
                 # instead of a PENDING that fails later and is retried on every poll.
                 res = self.cpu.reserve([key])
@@ -105,7 +107,7 @@ class TieredStore:
                     return LookupState.MISS
                 self._pending[key] = self._promoter.submit(self._promote, key, res.slots[0])
                 return LookupState.PENDING
-            if self.remote is None or self._fetcher is None or not self.remote.may_have(key):
+            if self.remote is None or self._fetcher is None or not self.remote.may_have(key, count):
                 return LookupState.MISS
             self._pending[key] = self._fetcher.submit(self._fetch_remote, key)
             return LookupState.PENDING

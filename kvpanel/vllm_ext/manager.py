@@ -3,10 +3,15 @@
 vLLM hands block-hash keys (prefix-chained sha256 over token ids, one per offload chunk and KV
 group); kvpanel re-keys them under the model/layout fingerprint, so no two models ever share a
 key, in memory or on disk.
+
+vLLM asks ``lookup`` again on every engine step while a request waits (for GPU room, or for a
+disk/Redis promotion), so tier hits and misses are counted once per (request, chunk): the hit
+rate the panel shows is over distinct chunks a request wanted, not over polls.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection, Iterable
 
 from kvpanel.cache.keys import ChunkKey, Fingerprint, chunk_key
@@ -34,10 +39,23 @@ _LOOKUP = {
 }
 
 
+# Requests whose answered chunks are remembered; older ones are long finished.
+_RECENT_REQUESTS = 1024
+
+
 class KvpanelManager(OffloadingManager):
     def __init__(self, store: TieredStore, fingerprint: Fingerprint):
         self.store = store
         self.fingerprint = fingerprint
+        self._answered: OrderedDict[str, set[ChunkKey]] = OrderedDict()
+
+    def _answered_for(self, req_id: str) -> set[ChunkKey]:
+        seen = self._answered.get(req_id)
+        if seen is None:
+            seen = self._answered[req_id] = set()
+            if len(self._answered) > _RECENT_REQUESTS:
+                self._answered.popitem(last=False)
+        return seen
 
     def _key(self, key: OffloadKey) -> ChunkKey:
         return chunk_key(self.fingerprint, key)
@@ -46,7 +64,12 @@ class KvpanelManager(OffloadingManager):
         return [chunk_key(self.fingerprint, k) for k in keys]
 
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
-        return _LOOKUP[self.store.lookup(self._key(key))]
+        ck = self._key(key)
+        seen = self._answered_for(req_context.req_id)
+        state = self.store.lookup(ck, count=ck not in seen)
+        if state is not LookupState.PENDING:  # a promoted chunk counts once more, as a CPU hit
+            seen.add(ck)
+        return _LOOKUP[state]
 
     def prepare_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> LoadStoreSpec:
         return SlotSpec(self.store.acquire(self._keys(keys)))
