@@ -90,6 +90,15 @@ def random_cache(layers: int, blocks: int, page: int, device: str) -> list[torch
     ]
 
 
+def scramble(layers: list[torch.Tensor], ids: torch.Tensor) -> None:
+    """New random bytes in the blocks ``ids`` names, so a scatter that writes nothing (or
+    rewrites what an earlier check already put there) cannot pass."""
+    valid = ids[ids >= 0].to(layers[0].device)
+    for t in layers:
+        shape = (len(valid), t.shape[1])
+        t[valid] = torch.randint(-128, 128, shape, dtype=t.dtype, device=t.device)
+
+
 def check(
     layers: list[torch.Tensor], n: int, bpc: int, cuda: bool, gen: torch.Generator
 ) -> dict[str, Any]:
@@ -121,6 +130,7 @@ def check(
     dst_ids = torch.randperm(num_blocks, generator=gen)[: n * bpc].view(n, bpc).clone()
     dst_ids[0, :2] = -1
     dst_ids[-1, bpc - 3 :] = -1
+    scramble(layers, dst_ids)  # fresh bytes: a no-op scatter must fail
     want = [t.clone() for t in layers]
     torch_copy.scatter_chunks(got, dst_ids, want)
     kernels.scatter_chunks(got, dst_ids, layers)
@@ -142,6 +152,7 @@ def check(
         result["dma_gather_exact"] = all(
             torch.equal(a, b) for a, b in zip(expect, dma, strict=True)
         )
+        scramble(layers, dst_ids)  # fresh bytes: a no-op scatter must fail
         want = [t.clone() for t in layers]
         torch_copy.scatter_chunks(dma, dst_ids, want)
         dma_copy.scatter_chunks(dma, dst_ids, layers)
@@ -149,6 +160,7 @@ def check(
         result["dma_scatter_exact"] = all(
             torch.equal(a, b) for a, b in zip(want, layers, strict=True)
         )
+        scramble(layers, dst_ids)  # fresh bytes: a no-op scatter must fail
         want = [t.clone() for t in layers]
         torch_copy.scatter_chunks(dma, dst_ids, want)
         dma_copy.vllm_triton_scatter_chunks(dma, dst_ids, layers)
@@ -180,6 +192,7 @@ def check_whole(
             torch.equal(a, b) for a, b in zip(expect, got, strict=True)
         )
         dst = torch.randperm(num_blocks, generator=gen)[: n * bpc].view(n, bpc).clone()
+        scramble(layers, dst)  # fresh bytes: a no-op scatter must fail
         want = [t.clone() for t in layers]
         torch_copy.scatter_chunks(got, dst, want)
         mod.scatter_chunks(got, dst, layers)

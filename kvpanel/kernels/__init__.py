@@ -111,9 +111,12 @@ def warm_up(
     scratch = [torch.zeros((bpc, int(t.shape[1])), dtype=t.dtype, device=t.device) for t in layers]
     slot = torch.zeros(chunk_nbytes(scratch, bpc), dtype=torch.uint8, pin_memory=True)
     whole = torch.arange(bpc, dtype=torch.int64).view(1, bpc)
-    partial = whole.clone()
-    partial[0, 0] = -1
-    for ids in (whole, partial):
+    # Triton specialises integer arguments on divisibility by 16: partial chunks with one and
+    # two missing blocks give the direct kernel job counts of both kinds.
+    partials = [whole.clone() for _ in range(min(2, bpc - 1))]
+    for missing, ids in enumerate(partials, start=1):
+        ids[0, :missing] = -1
+    for ids in (whole, *partials):
         gather_chunks(scratch, ids, [slot], stream=stream)
         scatter_chunks([slot], ids, scratch, stream=stream)
     torch.cuda.synchronize(layers[0].device)

@@ -61,10 +61,10 @@ class Layout:
 
 
 def layers_key(layers: Sequence[torch.Tensor]) -> tuple:
-    """Exact identity of a layers list's memory (address, shape, row stride, dtype per
+    """Exact identity of a layers list's memory (address, shape, strides, dtype per
     layer), the key of per-KV-cache caches (checks, address tables): ~20 us to build, a
     fifth of re-validating every layer."""
-    return tuple((t.data_ptr(), t.shape, t.stride(0), t.dtype) for t in layers)
+    return tuple((t.data_ptr(), t.shape, t.stride(), t.dtype) for t in layers)
 
 
 _geometry: dict[tuple, tuple[list[int], int]] = {}

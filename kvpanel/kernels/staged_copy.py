@@ -21,6 +21,8 @@ a scatter copies the whole slot in and the kernel skips -1 pages, so every chunk
 from __future__ import annotations
 
 import os
+import threading
+from collections import defaultdict
 from collections.abc import Sequence
 
 import torch
@@ -95,6 +97,8 @@ def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Ten
 
 
 _staging: dict[tuple[int, int], torch.Tensor] = {}
+# Host threads sharing a stream share its staging buffer: each call enqueues its groups whole.
+_stage_locks: dict[tuple[int, int], threading.Lock] = defaultdict(threading.Lock)
 _tables: dict[tuple, tuple[torch.Tensor, int]] = {}
 
 
@@ -138,7 +142,7 @@ def _shuffle(
     to_stage: bool,
 ) -> None:
     table, unit = _table_for(layers, stage)
-    ids_dev = ids.to(stage.device, non_blocking=True)
+    ids_dev = ids.contiguous().to(stage.device, non_blocking=True)  # the kernel reads row-major
     n_jobs = int(ids.shape[0]) * len(layers) * lay.blocks_per_chunk
     _shuffle_kernel[(min(n_jobs, PROGRAMS),)](
         stage.view(torch.int64),  # the kernel addresses int64 words
@@ -168,7 +172,8 @@ def _run(
     device = layers[0].device
     with torch.cuda.device(device):
         stream = stream or torch.cuda.current_stream()
-        with torch.cuda.stream(stream):
+        lock = _stage_locks[(device.index or 0, stream.cuda_stream)]
+        with torch.cuda.stream(stream), lock:
             stage = _stage_for(device, stream, lay.nbytes)
             groups, direct = plan_groups(block_ids, stage.numel() // lay.nbytes, to_slots)
             if direct:

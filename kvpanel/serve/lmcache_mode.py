@@ -102,6 +102,8 @@ def _missing_keys(data: dict[str, Any], settings: CacheSettings) -> dict[str, An
     if "chunk_size" not in data:
         missing["chunk_size"] = settings.chunk_tokens
     if data.get("local_cpu", True) is not False and "max_local_cpu_size" not in data:
+        if settings.cpu_bytes <= 0:
+            raise ServeError("--offload lmcache needs a CPU cache: give --cpu-cache-gb above 0")
         missing["max_local_cpu_size"] = settings.cpu_bytes / GB
     return missing
 

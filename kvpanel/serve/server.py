@@ -15,7 +15,6 @@ import gc
 import ipaddress
 import json
 import logging
-import os
 import socket
 import sys
 import threading
@@ -36,10 +35,6 @@ def _flag_value(args: list[str], flag: str) -> str | None:
     return None
 
 
-def default_renderer_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
 def vllm_argv(opts: ServeOptions, model: str, kv_config: dict[str, Any] | None) -> list[str]:
     args = list(opts.vllm_args)
     if _flag_value(args, "--kv-transfer-config") is not None and kv_config is not None:
@@ -50,14 +45,6 @@ def vllm_argv(opts: ServeOptions, model: str, kv_config: dict[str, Any] | None) 
         args += ["--distributed-executor-backend", "uni"]
     if _flag_value(args, "--host") is None:
         args += ["--host", "127.0.0.1"]  # loopback unless told otherwise
-    from kvpanel.vllm_ext.compat import renderer_workers_flag
-
-    flag = renderer_workers_flag()
-    if flag is not None and _flag_value(args, flag) is None:
-        # vLLM tokenizes prompts on ONE thread by default: 20 concurrent 20k-token prompts
-        # reach the engine ~50 ms apart (measured on gpt-oss's tokenizer), however fast the
-        # KV loads. HF tokenizers release the GIL, so a few threads tokenize in parallel.
-        args += [flag, str(default_renderer_workers())]
     if kv_config is not None:
         args += ["--kv-transfer-config", json.dumps(kv_config)]
     return args

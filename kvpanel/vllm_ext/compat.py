@@ -83,11 +83,3 @@ def server_api() -> tuple[Any, Any, Any]:
         )
         from vllm.entrypoints.openai.cli_args import make_arg_parser  # type: ignore[no-redef]
     return make_arg_parser, build_app, init_app_state
-
-
-def renderer_workers_flag() -> str | None:
-    """vLLM's flag for the API server's tokenizer thread pool (0.26+; default 1 worker), or
-    None where this vLLM lacks it."""
-    from vllm.engine.arg_utils import EngineArgs
-
-    return "--renderer-num-workers" if hasattr(EngineArgs, "renderer_num_workers") else None

@@ -107,6 +107,16 @@ def test_zero_cpu_cache_is_refused(environ: dict[str, str]) -> None:
         prepared(["m", "--offload", "lmcache", "--cpu-cache-gb", "0"], environ)
 
 
+def test_users_file_without_a_size_and_zero_cpu_cache_is_refused(
+    tmp_path: Path, environ: dict[str, str]
+) -> None:
+    cfg = tmp_path / "lmcache.yaml"
+    cfg.write_text("chunk_size: 256\nlocal_cpu: true\n")
+    argv = ["m", "--offload", "lmcache", "--config", str(cfg), "--cpu-cache-gb", "0"]
+    with pytest.raises(ServeError, match="needs a CPU cache"):
+        prepared(argv, environ)
+
+
 def test_users_file_is_passed_through(tmp_path: Path, environ: dict[str, str]) -> None:
     cfg = tmp_path / "lmcache.yaml"
     text = "chunk_size: 256\nlocal_cpu: true\nmax_local_cpu_size: 20\nsave_decode_cache: true\n"
