@@ -116,7 +116,9 @@ def run_modes(
         except (BenchError, ValueError) as exc:
             outcome.error = f"benchmark failed: {exc}"
         finally:
-            outcome.last_status = server.last_status
+            # Status lines come every second: wait for one built after the round ended, or a
+            # short query round's hits are missing from the mode's last status.
+            outcome.last_status = server.fresh_status() if outcome.result else server.last_status
             outcome.exit_code = server.stop()
         if offload == "lmcache" and outcome.result is not None and log_path is not None:
             _check_lmcache(outcome, log_path)

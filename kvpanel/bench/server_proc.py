@@ -103,6 +103,8 @@ class ServeProcess:
         self.token: str | None = None
         self.last_status: dict[str, Any] | None = None
         self.statuses: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._status_seen = threading.Condition()
+        self._status_count = 0
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL)
         self._ready = threading.Event()
         self._log: IO[str] | None = open(log_path, "w") if log_path else None  # noqa: SIM115
@@ -158,8 +160,11 @@ class ServeProcess:
                 self.token = str(token) if token else None
                 self._ready.set()
             else:
-                self.last_status = event
-                self.statuses.append(event)
+                with self._status_seen:
+                    self.last_status = event
+                    self.statuses.append(event)
+                    self._status_count += 1
+                    self._status_seen.notify_all()
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -199,6 +204,17 @@ class ServeProcess:
                 raise ServeFailed(f"not ready after {timeout_s:g}s: {self.last_stderr_line()}")
         if not self.url:
             raise ServeFailed("the ready event has no url")
+
+    def fresh_status(self, lines: int = 2, timeout_s: float = 5.0) -> dict[str, Any] | None:
+        """The status after ``lines`` more status lines (the first may have been built before
+        the caller's work ended); the latest one seen if the server stops printing them."""
+        with self._status_seen:
+            target = self._status_count + lines
+            self._status_seen.wait_for(
+                lambda: self._status_count >= target or self.proc.poll() is not None,
+                timeout=timeout_s,
+            )
+            return self.last_status
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM, then SIGKILL to its process group after ``timeout_s``; the exit code."""
