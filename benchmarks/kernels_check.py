@@ -91,23 +91,17 @@ def check(
         result["dma_gather_exact"] = all(
             torch.equal(a, b) for a, b in zip(expect, dma, strict=True)
         )
-        scramble(layers, dst_ids)  # fresh bytes: a no-op scatter must fail
-        want = [t.clone() for t in layers]
-        torch_copy.scatter_chunks(dma, dst_ids, want)
-        dma_copy.scatter_chunks(dma, dst_ids, layers)
-        torch.cuda.synchronize()
-        result["dma_scatter_exact"] = all(
-            torch.equal(a, b) for a, b in zip(want, layers, strict=True)
-        )
-        scramble(layers, dst_ids)  # fresh bytes: a no-op scatter must fail
-        want = [t.clone() for t in layers]
-        torch_copy.scatter_chunks(dma, dst_ids, want)
-        dma_copy.vllm_triton_scatter_chunks(dma, dst_ids, layers)
-        torch.cuda.synchronize()
-        result["vllm_triton_scatter_exact"] = all(
-            torch.equal(a, b) for a, b in zip(want, layers, strict=True)
-        )
-        del want
+        for name, scatter in (
+            ("dma_scatter_exact", dma_copy.scatter_chunks),
+            ("vllm_triton_scatter_exact", dma_copy.vllm_triton_scatter_chunks),
+        ):
+            scramble(layers, dst_ids)  # fresh bytes: a no-op scatter must fail
+            want = [t.clone() for t in layers]
+            torch_copy.scatter_chunks(dma, dst_ids, want)
+            scatter(dma, dst_ids, layers)
+            torch.cuda.synchronize()
+            result[name] = all(torch.equal(a, b) for a, b in zip(want, layers, strict=True))
+            del want
     return result
 
 

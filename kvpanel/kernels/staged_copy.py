@@ -86,9 +86,7 @@ def _shuffle_kernel(
 
 def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Tensor]) -> str | None:
     """Why the staged path cannot run this call (the caller then uses the direct kernel)."""
-    if not triton_copy.uniform_pages(layers):
-        return "layers have different page sizes"
-    why = triton_copy.unsupported_reason(layers, slots)
+    why = triton_copy.unsupported_reason(layers, slots, uniform=True)
     if why:
         return why
     if any(s.device.type == "cuda" for s in slots):
@@ -122,13 +120,11 @@ def _table_for(layers: Sequence[torch.Tensor], stage: torch.Tensor) -> tuple[tor
     if len(_tables) > 64:  # KV caches are long-lived; only benchmarks and tests churn them
         _tables.clear()
     anchor = stage.data_ptr()
-    addrs = [t.data_ptr() for t in layers] + [t.stride(0) for t in layers]
-    aligned16 = all((a - anchor) % 16 == 0 for a in addrs[: len(layers)]) and all(
-        r % 16 == 0 for r in addrs[len(layers) :]
-    )
-    unit = 16 if aligned16 else 8
-    rel = [(a - anchor) // unit for a in addrs[: len(layers)]]
-    rows = [r // unit for r in addrs[len(layers) :]]
+    offsets = [t.data_ptr() - anchor for t in layers]
+    strides = [t.stride(0) for t in layers]  # bytes: the views are int8
+    unit = 16 if all(x % 16 == 0 for x in offsets + strides) else 8
+    rel = [x // unit for x in offsets]
+    rows = [x // unit for x in strides]
     table = torch.tensor([rel, rows], dtype=torch.int64).to(stage.device)
     _tables[key] = (table, unit // 8)
     return _tables[key]
@@ -176,13 +172,9 @@ def _run(
         with torch.cuda.stream(stream), lock:
             stage = _stage_for(device, stream, lay.nbytes)
             groups, direct = plan_groups(block_ids, stage.numel() // lay.nbytes, to_slots)
-            if direct:
-                part = block_ids[direct]
+            if direct:  # partial chunks of a gather (plan_groups stages every scatter chunk)
                 picked = [slots[i] for i in direct]
-                if to_slots:
-                    triton_copy.gather_chunks(layers, part, picked, stream=stream)
-                else:  # not reached today (scatters stage every chunk); kept for symmetry
-                    triton_copy.scatter_chunks(picked, part, layers, stream=stream)
+                triton_copy.gather_chunks(layers, block_ids[direct], picked, stream=stream)
             n = lay.nbytes
             for group in groups:
                 first, last = group[0], group[-1]

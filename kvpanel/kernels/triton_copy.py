@@ -68,13 +68,18 @@ def _copy_pages_kernel(
         job += num_progs
 
 
-def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Tensor]) -> str | None:
-    """Why the kernel cannot run this call (the caller then uses the torch backend)."""
+def unsupported_reason(
+    layers: Sequence[torch.Tensor], slots: Sequence[torch.Tensor], *, uniform: bool = False
+) -> str | None:
+    """Why the kernel cannot run this call (the caller then uses the torch backend).
+
+    ``uniform``: the caller (the staged path) also needs one page size for every layer; the
+    direct kernel itself handles mixed sizes."""
     device = layers[0].device
     if device.type != "cuda":
         return "layers are not CUDA tensors"
     why = _layers_reason(layers)
-    if why and why != _MIXED_PAGES:  # the direct kernel handles mixed page sizes
+    if why and (uniform or why != _MIXED_PAGES):
         return why
     for slot in slots:
         if slot.device.type == "cuda":
@@ -106,11 +111,6 @@ def _layers_reason(layers: Sequence[torch.Tensor]) -> str | None:
             _layer_reasons.clear()
         _layer_reasons[key] = why
     return _layer_reasons[key]
-
-
-def uniform_pages(layers: Sequence[torch.Tensor]) -> bool:
-    """All layers share one page size (cached per layers list)."""
-    return _layers_reason(layers) != _MIXED_PAGES
 
 
 def _descriptors(
