@@ -5,7 +5,8 @@ Self-contained (no vLLM). gpt-oss-20b geometry: 24 layers, 8 KV heads, head dim 
 For 1, 8 and 64 chunks with random non-contiguous block ids it first checks the Triton
 path bit-exactly against the torch backend / Python reference on random data (every
 byte written, -1 entries untouched), then times with CUDA events (median of --reps):
-the staged path (copy engine + Triton shuffle; the default), the direct Triton kernel at a few
+the staged path (copy engine + Triton shuffle; the default; for 1 and 8 chunks also as 64/n
+calls back to back, "b2b_*", against memcpys timed alike), the direct Triton kernel at a few
 grid sizes, the torch fallback, vLLM's swap_blocks_batch when vLLM is installed, and one
 contiguous pinned memcpy of the same byte count; at 64 chunks also staged, direct and memcpy
 while another stream runs matmuls ("busy_*": copies next to a model's forward pass).
@@ -68,6 +69,24 @@ def timed(fn: Callable[[], None], reps: int, cuda: bool) -> float:
             t0 = time.perf_counter()
             fn()
             samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def timed_back_to_back(fn: Callable[[], None], calls: int, reps: int) -> float:
+    """Median seconds per call of ``calls`` calls enqueued back to back (one CUDA event pair
+    around them): a busy server's throughput, where the host prepares call k+1 while the GPU
+    runs call k. ``timed`` is one call on an idle GPU: its latency, host work included."""
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3 / calls)
     return statistics.median(samples)
 
 
@@ -134,7 +153,7 @@ def time_one(
         return t
     from kvpanel.kernels import staged_copy, triton_copy
 
-    assert kernels._triton_module(layers, slots) is staged_copy, "staged path not chosen"
+    assert kernels._triton_module(layers, slots)[0] is staged_copy, "staged path not chosen"
     for p in args.programs:
         t[f"direct_gather_p{p}"] = timed(
             lambda p=p: triton_copy.gather_chunks(layers, ids, slots, num_programs=p), reps, cuda
@@ -145,6 +164,15 @@ def time_one(
     # The package's default CUDA path (staged), as the worker calls it.
     t["staged_gather"] = timed(lambda: kernels.gather_chunks(layers, ids, slots), reps, cuda)
     t["staged_scatter"] = timed(lambda: kernels.scatter_chunks(slots, ids, layers), reps, cuda)
+    calls = 64 // int(ids.shape[0])
+    if calls > 1:  # small calls back to back, against memcpys of the same size back to back
+        for op, fn in (
+            ("staged_gather", lambda: kernels.gather_chunks(layers, ids, slots)),
+            ("staged_scatter", lambda: kernels.scatter_chunks(slots, ids, layers)),
+            ("memcpy_d2h", lambda: host_buf.copy_(dev_buf, non_blocking=True)),
+            ("memcpy_h2d", lambda: dev_buf.copy_(host_buf, non_blocking=True)),
+        ):
+            t[f"b2b_{op}"] = timed_back_to_back(fn, calls, reps)
     if ids.shape[0] >= 64:  # while the GPU computes, as in a serving engine
         for name, mod in (("staged", staged_copy), ("direct", triton_copy)):
             t[f"busy_{name}_gather"] = contended(
@@ -214,16 +242,20 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         g = r["gbps"]
         for op in sorted(g):
-            if op.startswith("memcpy"):
+            if op.startswith(("memcpy", "b2b_memcpy")):
                 continue
             d2h = "gather" in op or op.endswith("d2h")
-            base = g["memcpy_d2h" if d2h else "memcpy_h2d"]
+            # b2b_* (back-to-back calls) against memcpys timed the same way
+            prefix = "b2b_" if op.startswith("b2b_") else ""
+            base = g[prefix + ("memcpy_d2h" if d2h else "memcpy_h2d")]
             ref = REF_D2H_GBPS if d2h else REF_H2D_GBPS
             out.append(
                 f"| {r['variant']} | {r['chunks']} | {r['bytes'] / 2**20:.0f} | {op} | "
                 f"{g[op]:.1f} | {100 * g[op] / base:.0f}% | {100 * g[op] / ref:.0f}% |"
             )
-        for op in ("memcpy_d2h", "memcpy_h2d"):
+        for op in ("memcpy_d2h", "memcpy_h2d", "b2b_memcpy_d2h", "b2b_memcpy_h2d"):
+            if op not in g:
+                continue
             ref = REF_D2H_GBPS if op.endswith("d2h") else REF_H2D_GBPS
             out.append(
                 f"| {r['variant']} | {r['chunks']} | {r['bytes'] / 2**20:.0f} | {op} | "

@@ -3,9 +3,11 @@
 # in /root/parts already (the device README's steps 1-2); LMCache 0.5.3 is installed from
 # .gpu/lmcache-0.5.3 when a run needs it.
 #   run_h200.sh check                 kernels benchmark + CUDA kernel tests + e2e correctness
+#   run_h200.sh kcheck                CUDA kernel tests + kernels benchmark (bf16, one grid size)
 #   run_h200.sh compare20b|compare120b
 #       MODES=vanilla,native,lmcache,kvpanel (default; any order/subset), TAG=name for outputs,
-#       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default).
+#       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default),
+#       ENGINE_EXTRA="..." appends vLLM flags to every mode.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/kvpanel-out}
@@ -28,6 +30,12 @@ install_lmcache() {
 }
 
 case "${1:-check}" in
+  kcheck)
+    python -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel-tests.txt" | tail -4
+    grep -q " passed" "$OUT/kernel-tests.txt" && ! grep -q " failed" "$OUT/kernel-tests.txt" || exit 1
+    python benchmarks/kernels_bench.py --reps 10 --no-fp8 --programs 64 2>&1 \
+      | tee "$OUT/kernels.txt" | tail -45
+    ;;
   check)
     python benchmarks/kernels_bench.py --reps 10 ${KERNEL_ARGS:-} 2>&1 | tee "$OUT/kernels.txt" | tail -60
     if python -c "import pytest" 2>/dev/null; then
@@ -52,8 +60,8 @@ PY
     if [ "$1" = compare20b ]; then M=$GPT_OSS_20B; KV=4294967296; else M=$GPT_OSS_120B; KV=8589934592; fi
     MODES=${MODES:-vanilla,native,lmcache,kvpanel}
     case ",$MODES," in *,lmcache,*) install_lmcache || exit 1 ;; esac
-    EXTRA=""
-    [ "${EAGER:-0}" = 1 ] && EXTRA="--enforce-eager"
+    EXTRA="${ENGINE_EXTRA:-}"
+    [ "${EAGER:-0}" = 1 ] && EXTRA="$EXTRA --enforce-eager"
     NAME="$1${TAG:+-$TAG}"
     python -m kvpanel.cli bench long-doc-qa --compare "$MODES" \
       --model "$M" --num-documents 20 --document-length 20000 --output-len 50 \
@@ -61,6 +69,10 @@ PY
       --completions --cpu-cache-gb 40 --kv-cache-memory "$KV" \
       --engine-args "--load-format dummy --max-model-len 32768 $EXTRA" \
       --no-progress --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -40
+    # Where each mode's start-up went (vLLM's own timing lines).
+    grep -hE "took|takes|finished in|KV cache size|Maximum concurrency|pinned" \
+      "$OUT"/serve-*.log 2>/dev/null | cut -c1-220 | head -40 \
+      | tee -a "$OUT/$NAME.txt"
     ls "$OUT"
     ;;
 esac

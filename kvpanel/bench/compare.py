@@ -23,6 +23,7 @@ import os
 import shlex
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -57,6 +58,9 @@ class ModeOutcome:
     files: list[str] = field(default_factory=list)
     log_path: str | None = None  # the server's stderr, when kept
     lmcache: dict[str, Any] | None = None  # lmcache mode: what its log says LMCache retrieved
+    # Wall seconds of the mode's phases: server start until "ready", both rounds, stop. Where a
+    # mode's time goes on a GPU (engine start, pinning the CPU tier, compiling) shows here.
+    phases_s: dict[str, float] = field(default_factory=dict)
 
     def stat(self, round_name: str, attr: str) -> float:
         if self.result is None or round_name not in self.result.rounds:
@@ -98,12 +102,16 @@ def run_modes(
         log_path = _log_path(mode, offload, log_dir)
         outcome.log_path = str(log_path) if log_path else None
         env = serve_env(offload) if offload == "lmcache" else None
+        t0 = time.perf_counter()
         try:
             server = ServeProcess.start(argv, ready_timeout_s, log_path, env)
         except ServeFailed as exc:
             outcome.error = f"failed to start: {exc}"
             print(f"[{mode}] {outcome.error}", file=out, flush=True)
             continue
+        t1 = time.perf_counter()
+        outcome.phases_s["start"] = round(t1 - t0, 1)
+        print(f"[{mode}] ready after {t1 - t0:.1f}s", file=out, flush=True)
         try:
             assert server.url is not None
             mode_params = params if params.api_key else replace(params, api_key=server.token)
@@ -119,7 +127,10 @@ def run_modes(
             # Status lines come every second: wait for one built after the round ended, or a
             # short query round's hits are missing from the mode's last status.
             outcome.last_status = server.fresh_status() if outcome.result else server.last_status
+            t2 = time.perf_counter()
             outcome.exit_code = server.stop()
+            outcome.phases_s["bench"] = round(t2 - t1, 1)
+            outcome.phases_s["stop"] = round(time.perf_counter() - t2, 1)
         if offload == "lmcache" and outcome.result is not None and log_path is not None:
             _check_lmcache(outcome, log_path)
             lm = outcome.lmcache or {}
@@ -130,7 +141,8 @@ def run_modes(
                 file=out,
             )
         state = "ok" if outcome.ok else outcome.error
-        print(f"[{mode}] done ({state}); server exit code {outcome.exit_code}", file=out)
+        phases = ", ".join(f"{k} {v:.1f}s" for k, v in outcome.phases_s.items())
+        print(f"[{mode}] done ({state}); server exit code {outcome.exit_code}; {phases}", file=out)
     return outcomes
 
 
@@ -207,6 +219,7 @@ def comparison_dict(
         row["last_status"] = o.last_status
         row["files"] = o.files
         row["server_log"] = o.log_path
+        row["phases_s"] = o.phases_s
         if o.offload == "lmcache":
             row["lmcache_retrieval"] = o.lmcache
         row["result"] = o.result.to_dict() if o.result else None

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 
 from kvpanel.kernels import torch_copy
-from kvpanel.kernels.layout import chunk_nbytes
+from kvpanel.kernels.layout import chunk_nbytes, geometry
 
 __all__ = ["backend_for", "chunk_nbytes", "gather_chunks", "scatter_chunks", "warm_up"]
 
@@ -53,15 +53,19 @@ def backend_for(layers: Sequence[torch.Tensor]) -> str:
 
 
 def _triton_module(layers: Sequence[torch.Tensor], slots: Sequence[torch.Tensor]):  # type: ignore[no-untyped-def]
-    """The Triton module when it can run this call, else None (-> torch fallback)."""
+    """(the Triton module that can run this call, the KV cache's geometry), or (None, None)
+    for the torch fallback. The geometry goes on to the module: one key build per call."""
     if backend_for(layers) != "triton":
-        return None
+        return None, None
     from kvpanel.kernels import staged_copy, triton_copy
 
+    geo = geometry(layers)
     forced_direct = os.environ.get("KVPANEL_KERNEL_BACKEND", "") == "direct"
-    if not forced_direct and staged_copy.unsupported_reason(layers, slots) is None:
-        return staged_copy
-    return None if triton_copy.unsupported_reason(layers, slots) else triton_copy
+    if not forced_direct and staged_copy.unsupported_reason(layers, slots, geo) is None:
+        return staged_copy, geo
+    if triton_copy.unsupported_reason(layers, slots, geo=geo):
+        return None, None
+    return triton_copy, geo
 
 
 def gather_chunks(
@@ -72,9 +76,9 @@ def gather_chunks(
     stream: torch.cuda.Stream | None = None,
 ) -> None:
     """GPU paged KV -> host chunk slots; slots[c] receives chunk c, -1 entries are skipped."""
-    mod = _triton_module(layers, slots)
+    mod, geo = _triton_module(layers, slots)
     if mod is not None:
-        mod.gather_chunks(layers, block_ids, slots, stream=stream)
+        mod.gather_chunks(layers, block_ids, slots, stream=stream, geo=geo)
     else:
         torch_copy.gather_chunks(layers, block_ids, slots, stream=stream)
 
@@ -87,9 +91,9 @@ def scatter_chunks(
     stream: torch.cuda.Stream | None = None,
 ) -> None:
     """Host chunk slots -> paged KV (inverse of gather_chunks); -1 entries are not written."""
-    mod = _triton_module(layers, slots)
+    mod, geo = _triton_module(layers, slots)
     if mod is not None:
-        mod.scatter_chunks(slots, block_ids, layers, stream=stream)
+        mod.scatter_chunks(slots, block_ids, layers, stream=stream, geo=geo)
     else:
         torch_copy.scatter_chunks(slots, block_ids, layers, stream=stream)
 

@@ -3,7 +3,8 @@
 Primitives:
 - ``page_sizes(layers)``: bytes of one paged block per layer.
 - ``chunk_nbytes(layers, blocks_per_chunk)``: bytes of one host chunk slot.
-- ``Layout`` / ``check_args(layers, block_ids, slots)``: validated geometry of one call.
+- ``geometry(layers)``: a KV cache's validated per-layer facts (``KVGeometry``), cached.
+- ``Layout`` / ``check_args(layers, block_ids, slots, geo=None)``: validated geometry of one call.
 - ``plan_groups(block_ids, chunks_per_group, whole_only)``: which chunks of a call the staged
   backend moves through its staging buffer (in groups) and which take the direct kernel.
 
@@ -15,7 +16,7 @@ A slot holds ``blocks_per_chunk`` consecutive blocks of every layer, layer-major
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,6 +54,7 @@ class Layout:
     num_chunks: int
     blocks_per_chunk: int
     nbytes: int  # bytes of a chunk inside a slot
+    holes: bool = True  # some block id is -1 (False: every chunk is whole)
 
     @property
     def uniform_page(self) -> int | None:
@@ -67,12 +69,26 @@ def layers_key(layers: Sequence[torch.Tensor]) -> tuple:
     return tuple((t.data_ptr(), t.shape, t.stride(), t.dtype) for t in layers)
 
 
-_geometry: dict[tuple, tuple[list[int], int]] = {}
+@dataclass(slots=True)
+class KVGeometry:
+    """One KV cache's validated per-layer facts, built once per layers list (``geometry``).
+
+    Backends keep their own per-KV-cache derivations (checks, address tables) in ``memo``,
+    so one call builds the ~20 us ``layers_key`` once, not once per cache it consults."""
+
+    pages: list[int]  # page bytes per layer
+    limit: int  # usable block count (the smallest layer's)
+    memo: dict = field(default_factory=dict)
 
 
-def _layer_geometry(layers: Sequence[torch.Tensor]) -> tuple[list[int], int]:
-    """(page bytes per layer, usable block count), validated once per layers list: per-layer
-    Python checks cost ~100 us a call, more than a one-chunk copy's launch."""
+_geometry: dict[tuple, KVGeometry] = {}
+
+
+def geometry(layers: Sequence[torch.Tensor]) -> KVGeometry:
+    """The layers list's ``KVGeometry``, validated on first sight: per-layer Python checks
+    cost ~100 us a call, more than a one-chunk copy's launch."""
+    if len(layers) == 0:
+        raise ValueError("need at least one layer")
     key = layers_key(layers)
     hit = _geometry.get(key)
     if hit is not None:
@@ -83,17 +99,21 @@ def _layer_geometry(layers: Sequence[torch.Tensor]) -> tuple[list[int], int]:
         raise ValueError("all layers must live on one device")
     if len(_geometry) > 64:  # only tests and benchmarks churn through layer lists
         _geometry.clear()
-    _geometry[key] = (pages, min(int(layer.shape[0]) for layer in layers))
-    return _geometry[key]
+    geo = KVGeometry(pages, min(int(layer.shape[0]) for layer in layers))
+    _geometry[key] = geo
+    return geo
 
 
 def check_args(
-    layers: Sequence[torch.Tensor], block_ids: torch.Tensor, slots: Sequence[torch.Tensor]
+    layers: Sequence[torch.Tensor],
+    block_ids: torch.Tensor,
+    slots: Sequence[torch.Tensor],
+    geo: KVGeometry | None = None,
 ) -> Layout:
-    """Validate one call's arguments and return its layout; raise ValueError on misuse."""
-    if len(layers) == 0:
-        raise ValueError("need at least one layer")
-    pages, limit = _layer_geometry(layers)
+    """Validate one call's arguments and return its layout; raise ValueError on misuse.
+
+    ``geo``: ``geometry(layers)`` when the caller already has it."""
+    geo = geo or geometry(layers)
     if block_ids.dim() != 2 or block_ids.dtype != torch.int64:
         raise ValueError(
             f"block_ids must be int64 (num_chunks, blocks_per_chunk), got "
@@ -106,7 +126,7 @@ def check_args(
         raise ValueError(f"got {len(slots)} slots for {num_chunks} chunks")
     offsets = []
     total = 0
-    for page in pages:
+    for page in geo.pages:
         offsets.append(total)
         total += bpc * page
     for c, slot in enumerate(slots):
@@ -114,24 +134,28 @@ def check_args(
             raise ValueError(f"slots[{c}] must be a contiguous 1-D uint8 tensor")
         if slot.numel() < total:
             raise ValueError(f"slots[{c}] holds {slot.numel()} bytes, chunk needs {total}")
+    holes = False
     if block_ids.numel() > 0:
-        lo = int(block_ids.min())
-        hi = int(block_ids.max())
+        lo_t, hi_t = torch.aminmax(block_ids)
+        lo, hi = int(lo_t), int(hi_t)
         # An out-of-range id would be a silent wild write on the Triton path.
-        if lo < -1 or hi >= limit:
-            raise ValueError(f"block ids must lie in [-1, {limit}), got [{lo}, {hi}]")
-    return Layout(pages, offsets, num_chunks, bpc, total)
+        if lo < -1 or hi >= geo.limit:
+            raise ValueError(f"block ids must lie in [-1, {geo.limit}), got [{lo}, {hi}]")
+        holes = lo < 0
+    return Layout(geo.pages, offsets, num_chunks, bpc, total, holes)
 
 
 def plan_groups(
-    block_ids: torch.Tensor, chunks_per_group: int, whole_only: bool
+    block_ids: torch.Tensor, chunks_per_group: int, whole_only: bool, holes: bool = True
 ) -> tuple[list[list[int]], list[int]]:
     """(staged groups of chunk indices, chunks for the direct kernel).
 
-    ``whole_only`` (gathers): a chunk with any -1 sub-block goes direct.
+    ``whole_only`` (gathers): a chunk with any -1 sub-block goes direct. ``holes=False``
+    (``Layout.holes``: no -1 anywhere) skips looking.
     """
     n = int(block_ids.shape[0])
-    whole = (block_ids >= 0).all(dim=1).tolist() if whole_only else [True] * n
+    look = whole_only and holes
+    whole = (block_ids >= 0).all(dim=1).tolist() if look else [True] * n
     staged = [i for i, ok in enumerate(whole) if ok]
     direct = [i for i, ok in enumerate(whole) if not ok]
     size = max(1, chunks_per_group)

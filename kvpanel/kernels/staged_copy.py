@@ -2,8 +2,9 @@
 
 Primitives:
 - ``unsupported_reason(layers, slots)``: why this backend cannot run a call (None if it can).
-- ``gather_chunks(layers, block_ids, slots, stream=None)``
-- ``scatter_chunks(slots, block_ids, layers, stream=None)``
+- ``gather_chunks(layers, block_ids, slots, stream=None, geo=None)``
+- ``scatter_chunks(slots, block_ids, layers, stream=None, geo=None)``
+  (``geo``: ``layout.geometry(layers)``, when the caller has it)
 
 Why staged: the direct kernel (``triton_copy``) reads and writes pinned host memory from the
 SMs, one 32 KiB page at a time; on the H200 it topped out at ~82 % of a pinned memcpy and it
@@ -30,7 +31,7 @@ import triton
 import triton.language as tl
 
 from kvpanel.kernels import triton_copy
-from kvpanel.kernels.layout import Layout, check_args, layers_key, plan_groups
+from kvpanel.kernels.layout import KVGeometry, Layout, check_args, geometry, plan_groups
 
 STAGING_BYTES = int(float(os.environ.get("KVPANEL_STAGING_MB", "64")) * 2**20)
 # The shuffle is device-memory bound; a modest grid finishes it in microseconds.
@@ -84,9 +85,13 @@ def _shuffle_kernel(
         job += num_progs
 
 
-def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Tensor]) -> str | None:
+def unsupported_reason(
+    layers: Sequence[torch.Tensor],
+    slots: Sequence[torch.Tensor],
+    geo: KVGeometry | None = None,
+) -> str | None:
     """Why the staged path cannot run this call (the caller then uses the direct kernel)."""
-    why = triton_copy.unsupported_reason(layers, slots, uniform=True)
+    why = triton_copy.unsupported_reason(layers, slots, uniform=True, geo=geo)
     if why:
         return why
     if any(s.device.type == "cuda" for s in slots):
@@ -97,7 +102,6 @@ def unsupported_reason(layers: Sequence[torch.Tensor], slots: Sequence[torch.Ten
 _staging: dict[tuple[int, int], torch.Tensor] = {}
 # Host threads sharing a stream share its staging buffer: each call enqueues its groups whole.
 _stage_locks: dict[tuple[int, int], threading.Lock] = defaultdict(threading.Lock)
-_tables: dict[tuple, tuple[torch.Tensor, int]] = {}
 
 
 def _stage_for(device: torch.device, stream: torch.cuda.Stream, nbytes: int) -> torch.Tensor:
@@ -111,14 +115,15 @@ def _stage_for(device: torch.device, stream: torch.cuda.Stream, nbytes: int) -> 
     return buf
 
 
-def _table_for(layers: Sequence[torch.Tensor], stage: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Per-layer (base - stage, row stride) in unit words, cached: built once per KV cache."""
-    key = (stage.data_ptr(), layers_key(layers))
-    hit = _tables.get(key)
+def _table_for(
+    layers: Sequence[torch.Tensor], stage: torch.Tensor, geo: KVGeometry
+) -> tuple[torch.Tensor, int]:
+    """Per-layer (base - stage, row stride) in unit words, built once per (KV cache,
+    staging buffer) and kept in the KV cache's ``geo.memo``."""
+    key = ("staged_table", stage.data_ptr())
+    hit: tuple[torch.Tensor, int] | None = geo.memo.get(key)
     if hit is not None:
         return hit
-    if len(_tables) > 64:  # KV caches are long-lived; only benchmarks and tests churn them
-        _tables.clear()
     anchor = stage.data_ptr()
     offsets = [t.data_ptr() - anchor for t in layers]
     strides = [t.stride(0) for t in layers]  # bytes: the views are int8
@@ -126,8 +131,8 @@ def _table_for(layers: Sequence[torch.Tensor], stage: torch.Tensor) -> tuple[tor
     rel = [x // unit for x in offsets]
     rows = [x // unit for x in strides]
     table = torch.tensor([rel, rows], dtype=torch.int64).to(stage.device)
-    _tables[key] = (table, unit // 8)
-    return _tables[key]
+    geo.memo[key] = (table, unit // 8)
+    return table, unit // 8
 
 
 def _shuffle(
@@ -135,10 +140,13 @@ def _shuffle(
     ids: torch.Tensor,
     stage: torch.Tensor,
     lay: Layout,
+    geo: KVGeometry,
     to_stage: bool,
 ) -> None:
-    table, unit = _table_for(layers, stage)
-    ids_dev = ids.contiguous().to(stage.device, non_blocking=True)  # the kernel reads row-major
+    table, unit = _table_for(layers, stage, geo)
+    # From pinned memory the id upload is a plain async copy; from pageable memory CUDA may
+    # stage it through a driver buffer on the calling thread. The kernel reads row-major.
+    ids_dev = ids.contiguous().pin_memory().to(stage.device, non_blocking=True)
     n_jobs = int(ids.shape[0]) * len(layers) * lay.blocks_per_chunk
     _shuffle_kernel[(min(n_jobs, PROGRAMS),)](
         stage.view(torch.int64),  # the kernel addresses int64 words
@@ -161,8 +169,10 @@ def _run(
     slots: Sequence[torch.Tensor],
     stream: torch.cuda.Stream | None,
     to_slots: bool,
+    geo: KVGeometry | None,
 ) -> None:
-    lay = check_args(layers, block_ids, slots)
+    geo = geo or geometry(layers)
+    lay = check_args(layers, block_ids, slots, geo)
     if lay.num_chunks == 0:
         return
     device = layers[0].device
@@ -171,10 +181,11 @@ def _run(
         lock = _stage_locks[(device.index or 0, stream.cuda_stream)]
         with torch.cuda.stream(stream), lock:
             stage = _stage_for(device, stream, lay.nbytes)
-            groups, direct = plan_groups(block_ids, stage.numel() // lay.nbytes, to_slots)
+            per_group = stage.numel() // lay.nbytes
+            groups, direct = plan_groups(block_ids, per_group, to_slots, lay.holes)
             if direct:  # partial chunks of a gather (plan_groups stages every scatter chunk)
                 picked = [slots[i] for i in direct]
-                triton_copy.gather_chunks(layers, block_ids[direct], picked, stream=stream)
+                triton_copy.gather_chunks(layers, block_ids[direct], picked, stream=stream, geo=geo)
             n = lay.nbytes
             for group in groups:
                 first, last = group[0], group[-1]
@@ -182,13 +193,13 @@ def _run(
                 contiguous = last - first + 1 == len(group)
                 ids = block_ids[first : last + 1] if contiguous else block_ids[group]
                 if to_slots:
-                    _shuffle(layers, ids, stage, lay, to_stage=True)
+                    _shuffle(layers, ids, stage, lay, geo, to_stage=True)
                     for k, c in enumerate(group):
                         slots[c][:n].copy_(stage[k * n : (k + 1) * n], non_blocking=True)
                 else:
                     for k, c in enumerate(group):
                         stage[k * n : (k + 1) * n].copy_(slots[c][:n], non_blocking=True)
-                    _shuffle(layers, ids, stage, lay, to_stage=False)
+                    _shuffle(layers, ids, stage, lay, geo, to_stage=False)
 
 
 def gather_chunks(
@@ -197,9 +208,10 @@ def gather_chunks(
     slots: Sequence[torch.Tensor],
     *,
     stream: torch.cuda.Stream | None = None,
+    geo: KVGeometry | None = None,
 ) -> None:
     """Paged KV -> chunk slots; the caller checks ``unsupported_reason`` first."""
-    _run(layers, block_ids, slots, stream, to_slots=True)
+    _run(layers, block_ids, slots, stream, True, geo)
 
 
 def scatter_chunks(
@@ -208,6 +220,7 @@ def scatter_chunks(
     layers: Sequence[torch.Tensor],
     *,
     stream: torch.cuda.Stream | None = None,
+    geo: KVGeometry | None = None,
 ) -> None:
     """Chunk slots -> paged KV; the caller checks ``unsupported_reason`` first."""
-    _run(layers, block_ids, slots, stream, to_slots=False)
+    _run(layers, block_ids, slots, stream, False, geo)

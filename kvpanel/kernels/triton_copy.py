@@ -2,8 +2,9 @@
 
 Primitives:
 - ``unsupported_reason(layers, slots)``: why this backend cannot run a call (None if it can).
-- ``gather_chunks(layers, block_ids, slots, stream=None, num_programs=None)``
-- ``scatter_chunks(slots, block_ids, layers, stream=None, num_programs=None)``
+- ``gather_chunks(layers, block_ids, slots, stream=None, num_programs=None, geo=None)``
+- ``scatter_chunks(slots, block_ids, layers, stream=None, num_programs=None, geo=None)``
+  (``geo``: ``layout.geometry(layers)``, when the caller has it: saves rebuilding its key)
 
 The host builds a descriptor table of (src, dst[, words]) per valid (chunk, layer,
 sub-block) page and uploads it from pinned memory; a persistent grid of programs loops
@@ -23,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kvpanel.kernels.layout import Layout, check_args, layers_key
+from kvpanel.kernels.layout import KVGeometry, Layout, check_args, geometry
 
 # Programs per launch. A PCIe copy saturates the link with a fraction of the SMs, and
 # the copies overlap model compute, so do not take the whole GPU by default.
@@ -69,16 +70,20 @@ def _copy_pages_kernel(
 
 
 def unsupported_reason(
-    layers: Sequence[torch.Tensor], slots: Sequence[torch.Tensor], *, uniform: bool = False
+    layers: Sequence[torch.Tensor],
+    slots: Sequence[torch.Tensor],
+    *,
+    uniform: bool = False,
+    geo: KVGeometry | None = None,
 ) -> str | None:
     """Why the kernel cannot run this call (the caller then uses the torch backend).
 
     ``uniform``: the caller (the staged path) also needs one page size for every layer; the
-    direct kernel itself handles mixed sizes."""
+    direct kernel itself handles mixed sizes. ``geo``: ``geometry(layers)``, if at hand."""
     device = layers[0].device
     if device.type != "cuda":
         return "layers are not CUDA tensors"
-    why = _layers_reason(layers)
+    why = _layers_reason(layers, geo or geometry(layers))
     if why and (uniform or why != _MIXED_PAGES):
         return why
     for slot in slots:
@@ -94,23 +99,20 @@ def unsupported_reason(
 
 
 _MIXED_PAGES = "layers have different page sizes"
-_layer_reasons: dict[tuple, str | None] = {}
 
 
-def _layers_reason(layers: Sequence[torch.Tensor]) -> str | None:
-    """The per-layer part of ``unsupported_reason``, once per layers list."""
-    key = layers_key(layers)
-    if key not in _layer_reasons:
+def _layers_reason(layers: Sequence[torch.Tensor], geo: KVGeometry) -> str | None:
+    """The per-layer part of ``unsupported_reason``, once per KV cache (in ``geo.memo``)."""
+    if "direct_reason" not in geo.memo:
         why = None
         for layer in layers:
             if layer.shape[1] % 8 or layer.data_ptr() % 8 or layer.stride(0) % 8:
                 why = "a page is not 8-byte aligned"
-        if len({int(t.shape[1]) for t in layers}) != 1:
+        if len(set(geo.pages)) != 1:
             why = why or _MIXED_PAGES
-        if len(_layer_reasons) > 64:
-            _layer_reasons.clear()
-        _layer_reasons[key] = why
-    return _layer_reasons[key]
+        geo.memo["direct_reason"] = why
+    reason: str | None = geo.memo["direct_reason"]
+    return reason
 
 
 def _descriptors(
@@ -179,9 +181,10 @@ def gather_chunks(
     *,
     stream: torch.cuda.Stream | None = None,
     num_programs: int | None = None,
+    geo: KVGeometry | None = None,
 ) -> None:
     """Paged KV -> chunk slots in one launch; the caller checks ``unsupported_reason`` first."""
-    lay = check_args(layers, block_ids, slots)
+    lay = check_args(layers, block_ids, slots, geo)
     layer_addr, slot_addr, sizes = _descriptors(layers, block_ids, slots, lay)
     _launch(layer_addr, slot_addr, sizes, lay, layers[0].device, stream, num_programs)
 
@@ -193,8 +196,9 @@ def scatter_chunks(
     *,
     stream: torch.cuda.Stream | None = None,
     num_programs: int | None = None,
+    geo: KVGeometry | None = None,
 ) -> None:
     """Chunk slots -> paged KV in one launch; the caller checks ``unsupported_reason`` first."""
-    lay = check_args(layers, block_ids, slots)
+    lay = check_args(layers, block_ids, slots, geo)
     layer_addr, slot_addr, sizes = _descriptors(layers, block_ids, slots, lay)
     _launch(slot_addr, layer_addr, sizes, lay, layers[0].device, stream, num_programs)

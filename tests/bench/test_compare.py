@@ -81,4 +81,8 @@ def test_compare_three_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert kv_argv[0] == "tiny-llama" and "--cpu-cache-gb" in kv_argv
     assert kv_argv[-2:] == ["--max-model-len", "512"]
     assert modes["kvpanel"]["result"]["rounds"]["query"]["count"] == 4
+    # Phase timings: a failed start has none; a served mode has all three.
+    assert modes["native"]["phases_s"] == {}
+    assert set(modes["kvpanel"]["phases_s"]) == {"start", "bench", "stop"}
+    assert all(v >= 0 for v in modes["kvpanel"]["phases_s"].values())
     assert (tmp_path / "cmp-kvpanel.csv").exists() and (tmp_path / "serve-native.log").exists()

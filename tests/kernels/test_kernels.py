@@ -267,7 +267,7 @@ def test_staged_matches_reference(monkeypatch: pytest.MonkeyPatch, staging_chunk
     ref = poisoned_slots(num_chunks, nbytes)
     reference.gather_chunks([t.cpu() for t in layers], ids, ref)
     got = [s.pin_memory() for s in poisoned_slots(num_chunks, nbytes)]
-    assert kernels._triton_module(layers, got) is staged_copy
+    assert kernels._triton_module(layers, got)[0] is staged_copy
     kernels.gather_chunks(layers, ids, got)
     torch.cuda.synchronize()
     # Partial chunks (first and last) must keep the poison where ids are -1.
