@@ -53,6 +53,15 @@ def check_supported() -> None:
         )
 
 
+def has_engine_arg(name: str) -> bool:
+    """Whether this vLLM's ``EngineArgs`` has the field ``name`` (serve flags come and go)."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import EngineArgs
+
+    return name in {f.name for f in dataclasses.fields(EngineArgs)}
+
+
 def kv_cache_layout(config: OffloadingConfig) -> str:
     # 0.32+ records the resolved layout; 0.26 always asks for HND for offloading.
     return getattr(config, "kv_cache_layout", None) or "HND"
