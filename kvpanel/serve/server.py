@@ -42,7 +42,8 @@ def renderer_workers() -> int:
     vLLM's default is one thread, which tokenizes the prompts of concurrent requests one after
     another: 60-90 ms per 20k-token gpt-oss prompt, so cache hits that load in ~15 ms wait for
     their turn. On gpt-oss-120b (docs/benchmarks.md) 8 threads took kvpanel's query-round mean
-    TTFT from 0.644 to 0.586 s. vLLM 0.26+ gives each thread its own tokenizer copy."""
+    TTFT from 0.644 to 0.586 s. vLLM routes these threads' tokenizer calls through a pool
+    of deep copies (threads + 1), so they do not share one tokenizer."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
