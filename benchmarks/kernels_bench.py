@@ -19,6 +19,7 @@ while another stream runs matmuls ("busy_*": copies next to a model's forward pa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -52,7 +53,7 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def timed(fn: Callable[[], None], reps: int, cuda: bool) -> float:
+def timed(fn: Callable[[], object], reps: int, cuda: bool) -> float:
     """Median seconds of ``fn`` over ``reps`` runs after warm-up (CUDA events on GPU)."""
     for _ in range(3):
         fn()
@@ -72,7 +73,7 @@ def timed(fn: Callable[[], None], reps: int, cuda: bool) -> float:
     return statistics.median(samples)
 
 
-def timed_back_to_back(fn: Callable[[], None], calls: int, reps: int) -> float:
+def timed_back_to_back(fn: Callable[[], object], calls: int, reps: int) -> float:
     """Median seconds per call of ``calls`` calls enqueued back to back (one CUDA event pair
     around them): a busy server's throughput, where the host prepares call k+1 while the GPU
     runs call k. ``timed`` is one call on an idle GPU: its latency, host work included."""
@@ -97,7 +98,7 @@ def random_cache(layers: int, blocks: int, page: int, device: str) -> list[torch
     ]
 
 
-def contended(fn: Callable[[], None], reps: int) -> float:
+def contended(fn: Callable[[], object], reps: int) -> float:
     """Median seconds of ``fn`` on its own stream while another stream runs bf16 matmuls
     (the model's forward pass in miniature): copies that need SMs slow down, copy-engine
     transfers should not."""
@@ -156,10 +157,14 @@ def time_one(
     assert kernels._triton_module(layers, slots)[0] is staged_copy, "staged path not chosen"
     for p in args.programs:
         t[f"direct_gather_p{p}"] = timed(
-            lambda p=p: triton_copy.gather_chunks(layers, ids, slots, num_programs=p), reps, cuda
+            functools.partial(triton_copy.gather_chunks, layers, ids, slots, num_programs=p),
+            reps,
+            cuda,
         )
         t[f"direct_scatter_p{p}"] = timed(
-            lambda p=p: triton_copy.scatter_chunks(slots, ids, layers, num_programs=p), reps, cuda
+            functools.partial(triton_copy.scatter_chunks, slots, ids, layers, num_programs=p),
+            reps,
+            cuda,
         )
     # The package's default CUDA path (staged), as the worker calls it.
     t["staged_gather"] = timed(lambda: kernels.gather_chunks(layers, ids, slots), reps, cuda)
@@ -176,10 +181,10 @@ def time_one(
     if ids.shape[0] >= 64:  # while the GPU computes, as in a serving engine
         for name, mod in (("staged", staged_copy), ("direct", triton_copy)):
             t[f"busy_{name}_gather"] = contended(
-                lambda mod=mod: mod.gather_chunks(layers, ids, slots), reps
+                functools.partial(mod.gather_chunks, layers, ids, slots), reps
             )
             t[f"busy_{name}_scatter"] = contended(
-                lambda mod=mod: mod.scatter_chunks(slots, ids, layers), reps
+                functools.partial(mod.scatter_chunks, slots, ids, layers), reps
             )
         t["busy_memcpy_d2h"] = contended(lambda: host_buf.copy_(dev_buf, non_blocking=True), reps)
         t["busy_memcpy_h2d"] = contended(lambda: dev_buf.copy_(host_buf, non_blocking=True), reps)
