@@ -306,8 +306,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServ
             pytest.skip(f"could not create a Redis Cluster: {create.stdout[-300:]}")
 
         def ready() -> bool:
-            info = nodes[0].client().cluster("info")  # redis-py parses it into a dict
-            return bool(info.get("cluster_state") == "ok")
+            # Every node, not just one: a node that has not yet heard the others' gossip still
+            # answers "CLUSTERDOWN" (seen in CI when a test connected through the second node).
+            for n in nodes:
+                info = n.client().cluster("info")  # redis-py parses it into a dict
+                known = int(info.get("cluster_known_nodes", 0))
+                if info.get("cluster_state") != "ok" or known != len(nodes):
+                    return False
+            return True
 
         wait_for(ready, timeout=20)
         yield nodes
