@@ -42,8 +42,8 @@ _LOOKUP = {
 # Requests whose answered chunks are remembered; older ones are long finished.
 _RECENT_REQUESTS = 1024
 # vLLM block hash -> kvpanel key, remembered: the scheduler re-asks about the same blocks on
-# every step while a request waits, and the keyed hash is most of a lookup's cost (~2 of
-# ~3.4 us on the CI VM). Cleared when full: a miss only costs the hash again.
+# every step while a request waits, and the keyed hash is a third of a lookup's cost (1.3 of
+# ~3.5 us on the CI VM; 0.1 us from here). Cleared when full: a miss only costs the hash again.
 _KEY_CACHE = 1 << 16
 
 
