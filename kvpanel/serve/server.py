@@ -62,11 +62,8 @@ def vllm_argv(opts: ServeOptions, model: str, kv_config: dict[str, Any] | None) 
     if _flag_value(args, "--host") is None:
         args += ["--host", "127.0.0.1"]  # loopback unless told otherwise
     # vLLM refuses several renderer threads for some pooling setups; leave those alone.
-    if _flag_value(args, "--renderer-num-workers") is None and _flag_value(args, "--runner") in (
-        None,
-        "generate",
-        "auto",
-    ):
+    generating = _flag_value(args, "--runner") in (None, "generate", "auto")
+    if generating and _flag_value(args, "--renderer-num-workers") is None:
         from kvpanel.vllm_ext.compat import has_engine_arg  # imports vLLM: only when serving
 
         workers = renderer_workers()
