@@ -4,6 +4,7 @@
 # .gpu/lmcache-0.5.3 when a run needs it.
 #   run_h200.sh check                 kernels benchmark + CUDA kernel tests + e2e correctness
 #   run_h200.sh kcheck                CUDA kernel tests + kernels benchmark (bf16, one grid size)
+#   run_h200.sh e2e                   the e2e correctness check alone (greedy hits == recompute)
 #   run_h200.sh compare20b|compare120b
 #       MODES=vanilla,native,lmcache,kvpanel (default; any order/subset), TAG=name for outputs,
 #       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default),
@@ -36,12 +37,14 @@ case "${1:-check}" in
     python benchmarks/kernels_bench.py --reps 10 --no-fp8 --programs 64 2>&1 \
       | tee "$OUT/kernels.txt" | tail -45
     ;;
-  check)
-    python benchmarks/kernels_bench.py --reps 10 ${KERNEL_ARGS:-} 2>&1 | tee "$OUT/kernels.txt" | tail -60
-    if python -c "import pytest" 2>/dev/null; then
-      python -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel-tests.txt" | tail -4
-    else
-      echo "pytest not on the device: CUDA kernel tests not run" | tee "$OUT/kernel-tests.txt"
+  check|e2e)
+    if [ "$1" = check ]; then
+      python benchmarks/kernels_bench.py --reps 10 ${KERNEL_ARGS:-} 2>&1 | tee "$OUT/kernels.txt" | tail -60
+      if python -c "import pytest" 2>/dev/null; then
+        python -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel-tests.txt" | tail -4
+      else
+        echo "pytest not on the device: CUDA kernel tests not run" | tee "$OUT/kernel-tests.txt"
+      fi
     fi
     python benchmarks/gpu/e2e_check.py > "$OUT/e2e.json" 2> "$OUT/e2e.err"
     python - "$OUT/e2e.json" <<'PY'
@@ -73,6 +76,9 @@ PY
     grep -hE "took|takes|finished in|KV cache size|Maximum concurrency|pinned" \
       "$OUT"/serve-*.log 2>/dev/null | cut -c1-220 | head -40 \
       | tee -a "$OUT/$NAME.txt"
+    # At most 8 files come back from a device call: plots out, server logs in one archive.
+    rm -f "$OUT"/*.png
+    (cd "$OUT" && ls serve-*.log >/dev/null 2>&1 && tar czf "serve-logs-$NAME.tgz" serve-*.log && rm -f serve-*.log)
     ls "$OUT"
     ;;
 esac

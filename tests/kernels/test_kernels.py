@@ -261,7 +261,9 @@ def test_staged_matches_reference(monkeypatch: pytest.MonkeyPatch, staging_chunk
     num_chunks, bpc, pages = 7, 16, [256] * 4
     layers = make_layers(pages, 512, gen, device="cuda")
     nbytes = chunk_nbytes(layers, bpc)
-    monkeypatch.setattr(staged_copy, "STAGING_BYTES", staging_chunks * nbytes)
+    # Two halves of ``staging_chunks`` chunks each: 1 and 3 give calls of several groups
+    # (shuffles on the side stream), 100 a one-group call (all on the caller's stream).
+    monkeypatch.setattr(staged_copy, "STAGING_BYTES", 2 * staging_chunks * nbytes)
     monkeypatch.setattr(staged_copy, "_staging", {})
     ids = make_block_ids(num_chunks, bpc, 512, gen, head=3, tail=5)
     ref = poisoned_slots(num_chunks, nbytes)
@@ -279,6 +281,41 @@ def test_staged_matches_reference(monkeypatch: pytest.MonkeyPatch, staging_chunk
     kernels.scatter_chunks(got, ids, fresh)
     torch.cuda.synchronize()
     assert all(torch.equal(a.cpu(), b) for a, b in zip(fresh, expect, strict=True))
+
+
+@pytest.mark.skipif(
+    not _triton_ready(),
+    reason="needs CUDA + Triton; checked on the H200 by benchmarks/kernels_bench.py "
+    "(not in CPU CI)",
+)
+def test_staged_calls_back_to_back_need_no_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls enqueued without synchronising reuse both staging halves from two streams
+    (the caller's and the side stream); every call must still see its own bytes."""
+    from kvpanel.kernels import staged_copy
+
+    gen = torch.Generator().manual_seed(29)
+    bpc, pages, calls, per_call = 8, [512] * 3, 4, 5
+    layers = make_layers(pages, 1024, gen, device="cuda")
+    nbytes = chunk_nbytes(layers, bpc)
+    monkeypatch.setattr(staged_copy, "STAGING_BYTES", 2 * 2 * nbytes)  # groups of 2 chunks
+    monkeypatch.setattr(staged_copy, "_staging", {})
+    stream = torch.cuda.Stream()
+    # Disjoint blocks per call, so each call's result is independent of the others.
+    perm = torch.randperm(1024, generator=gen)[: calls * per_call * bpc]
+    tables = [t.clone() for t in perm.view(calls, per_call, bpc)]
+    sources = [
+        [random_bytes((nbytes,), gen).pin_memory() for _ in range(per_call)] for _ in range(calls)
+    ]
+    back = [
+        [torch.zeros(nbytes, dtype=torch.uint8).pin_memory() for _ in range(per_call)]
+        for _ in range(calls)
+    ]
+    for i in range(calls):  # scatter i, then gather it back, nothing synchronised in between
+        kernels.scatter_chunks(sources[i], tables[i], layers, stream=stream)
+        kernels.gather_chunks(layers, tables[i], back[i], stream=stream)
+    stream.synchronize()
+    for srcs, outs in zip(sources, back, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(srcs, outs, strict=True))
 
 
 def test_warm_up_is_a_no_op_on_cpu() -> None:
