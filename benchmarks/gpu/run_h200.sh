@@ -4,6 +4,7 @@
 # .gpu/lmcache-0.5.3 when a run needs it.
 #   run_h200.sh check                 kernels benchmark + CUDA kernel tests + e2e correctness
 #   run_h200.sh kcheck                CUDA kernel tests + kernels benchmark (bf16, one grid size)
+#                                     + where a lone 1-chunk call's time goes (kernels_latency.py)
 #   run_h200.sh e2e                   the e2e correctness check alone (greedy hits == recompute)
 #   run_h200.sh compare20b|compare120b
 #       MODES=vanilla,native,lmcache,kvpanel (default; any order/subset), TAG=name for outputs,
@@ -36,6 +37,8 @@ case "${1:-check}" in
     grep -q " passed" "$OUT/kernel-tests.txt" && ! grep -q " failed" "$OUT/kernel-tests.txt" || exit 1
     python benchmarks/kernels_bench.py --reps 10 --no-fp8 --programs 64 2>&1 \
       | tee "$OUT/kernels.txt" | tail -45
+    python benchmarks/kernels_latency.py --output "$OUT/kernels_latency.json" 2>&1 \
+      | tee "$OUT/kernels-latency.txt"
     ;;
   check|e2e)
     if [ "$1" = check ]; then
