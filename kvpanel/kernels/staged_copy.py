@@ -152,10 +152,15 @@ def _stage_for(device: torch.device, stream: torch.cuda.Stream, nbytes: int) -> 
 
 
 def _table_for(
-    layers: Sequence[torch.Tensor], stage: torch.Tensor, geo: KVGeometry
+    layers: Sequence[torch.Tensor],
+    stage: torch.Tensor,
+    geo: KVGeometry,
+    side: torch.cuda.Stream | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Per-layer (base - stage, row stride) in unit words, built once per (KV cache,
-    staging buffer) and kept in the KV cache's ``geo.memo``."""
+    staging buffer) and kept in the KV cache's ``geo.memo``. Built on the current stream;
+    ``side``: a second stream whose kernels read it too (the allocator then keeps its memory
+    until both are done, should the memo ever drop it)."""
     key = ("staged_table", stage.data_ptr())
     hit: tuple[torch.Tensor, int] | None = geo.memo.get(key)
     if hit is not None:
@@ -166,7 +171,10 @@ def _table_for(
     unit = 16 if all(x % 16 == 0 for x in offsets + strides) else 8
     rel = [x // unit for x in offsets]
     rows = [x // unit for x in strides]
+    # A blocking upload, once per (KV cache, half): in the worker, at warm-up.
     table = torch.tensor([rel, rows], dtype=torch.int64).to(stage.device)
+    if side is not None:
+        table.record_stream(side)
     geo.memo[key] = (table, unit // 8)
     return table, unit // 8
 
@@ -233,44 +241,64 @@ def _run(
             if direct:  # partial chunks of a gather (plan_groups stages every scatter chunk)
                 picked = [slots[i] for i in direct]
                 triton_copy.gather_chunks(layers, block_ids[direct], picked, stream=stream, geo=geo)
+            for half in st.halves:  # built once; both streams' kernels read them
+                _table_for(layers, half, geo, st.side)
             if len(groups) > 1:
                 # The side stream must see what the caller ordered before this call (the
                 # model's KV writes, the scheduler's block reuse).
                 st.side.wait_stream(stream)
-            for group in groups:
-                first, last = group[0], group[-1]
-                # Groups are runs of consecutive chunks unless partial ones went direct.
-                contiguous = last - first + 1 == len(group)
-                ids = block_ids[first : last + 1] if contiguous else block_ids[group]
-                half, free, handoff = st.halves[st.turn], st.free[st.turn], st.handoff[st.turn]
-                st.turn ^= 1
-                if len(groups) == 1:  # nothing to overlap: all on the caller's stream
-                    stream.wait_event(free)
-                    if to_slots:
-                        _shuffle(layers, ids, half, lay, geo, to_stage=True)
-                    _copy_group(slots, group, half, lay.nbytes, to_slots)
-                    if not to_slots:
-                        _shuffle(layers, ids, half, lay, geo, to_stage=False)
-                    free.record(stream)
-                elif to_slots:  # shuffle on the side, copy out on the caller's stream
-                    st.side.wait_event(free)
-                    with torch.cuda.stream(st.side):
-                        _shuffle(layers, ids, half, lay, geo, to_stage=True)
-                    handoff.record(st.side)
-                    stream.wait_event(handoff)
-                    _copy_group(slots, group, half, lay.nbytes, to_slots)
-                    free.record(stream)
-                else:  # copy in on the caller's stream, shuffle on the side
-                    stream.wait_event(free)
-                    _copy_group(slots, group, half, lay.nbytes, to_slots)
-                    handoff.record(stream)
-                    st.side.wait_event(handoff)
-                    with torch.cuda.stream(st.side):
-                        _shuffle(layers, ids, half, lay, geo, to_stage=False)
-                    free.record(st.side)
-            if len(groups) > 1 and not to_slots:
-                # The side stream ends with the last shuffle; callers sync on ``stream``.
-                stream.wait_stream(st.side)
+            try:
+                _run_groups(layers, block_ids, slots, stream, to_slots, geo, lay, st, groups)
+            finally:
+                if len(groups) > 1 and not to_slots:
+                    # The side stream ends with the last shuffle; callers sync on
+                    # ``stream`` (also when a launch failed half-way).
+                    stream.wait_stream(st.side)
+
+
+def _run_groups(
+    layers: Sequence[torch.Tensor],
+    block_ids: torch.Tensor,
+    slots: Sequence[torch.Tensor],
+    stream: torch.cuda.Stream,
+    to_slots: bool,
+    geo: KVGeometry,
+    lay: Layout,
+    st: _Staging,
+    groups: list[list[int]],
+) -> None:
+    """Enqueue every staged group, alternating halves (see the module docstring)."""
+    for group in groups:
+        first, last = group[0], group[-1]
+        # Groups are runs of consecutive chunks unless partial ones went direct.
+        contiguous = last - first + 1 == len(group)
+        ids = block_ids[first : last + 1] if contiguous else block_ids[group]
+        half, free, handoff = st.halves[st.turn], st.free[st.turn], st.handoff[st.turn]
+        st.turn ^= 1
+        if len(groups) == 1:  # nothing to overlap: all on the caller's stream
+            stream.wait_event(free)
+            if to_slots:
+                _shuffle(layers, ids, half, lay, geo, to_stage=True)
+            _copy_group(slots, group, half, lay.nbytes, to_slots)
+            if not to_slots:
+                _shuffle(layers, ids, half, lay, geo, to_stage=False)
+            free.record(stream)
+        elif to_slots:  # shuffle on the side, copy out on the caller's stream
+            st.side.wait_event(free)
+            with torch.cuda.stream(st.side):
+                _shuffle(layers, ids, half, lay, geo, to_stage=True)
+            handoff.record(st.side)
+            stream.wait_event(handoff)
+            _copy_group(slots, group, half, lay.nbytes, to_slots)
+            free.record(stream)
+        else:  # copy in on the caller's stream, shuffle on the side
+            stream.wait_event(free)
+            _copy_group(slots, group, half, lay.nbytes, to_slots)
+            handoff.record(stream)
+            st.side.wait_event(handoff)
+            with torch.cuda.stream(st.side):
+                _shuffle(layers, ids, half, lay, geo, to_stage=False)
+            free.record(st.side)
 
 
 def gather_chunks(
