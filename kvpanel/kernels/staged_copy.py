@@ -171,7 +171,7 @@ def _table_for(
     unit = 16 if all(x % 16 == 0 for x in offsets + strides) else 8
     rel = [x // unit for x in offsets]
     rows = [x // unit for x in strides]
-    # A blocking upload, once per (KV cache, half): in the worker, at warm-up.
+    # A blocking upload, once per (KV cache, half): only the first transfer waits for it.
     table = torch.tensor([rel, rows], dtype=torch.int64).to(stage.device)
     if side is not None:
         table.record_stream(side)
