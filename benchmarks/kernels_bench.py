@@ -50,6 +50,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--no-fp8", action="store_true", help="skip the fp8 (half-page) variant")
     p.add_argument("--programs", type=int, nargs="+", default=[32, 64, 132])
+    p.add_argument(
+        "--arena-gb",
+        type=float,
+        default=0.0,
+        help="take the slots at random places of a kvpanel CPU tier of this size (pinned "
+        "256 MiB segments, as `kvpanel serve` allocates it) instead of a few small pools",
+    )
     return p.parse_args()
 
 
@@ -199,6 +206,16 @@ def time_one(
     return t
 
 
+def tier_slots(tier: Any, n: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """``n`` distinct slots at random places of the tier's whole pool (its segments were
+    pinned when it was built), filled so that nothing reads never-touched pages."""
+    picks = torch.randperm(tier.capacity_bytes // tier.slot_bytes, generator=gen)[:n]
+    slots = [tier.view(int(i)) for i in picks]
+    for s in slots:
+        s.fill_(0xA5)
+    return slots
+
+
 def bench_variant(name: str, page: int, args: argparse.Namespace, cuda: bool) -> list[dict]:
     from kvpanel import kernels
 
@@ -214,13 +231,21 @@ def bench_variant(name: str, page: int, args: argparse.Namespace, cuda: bool) ->
         f"backend {backend}",
         flush=True,
     )
+    tier = None
+    if args.arena_gb:
+        from kvpanel.cache.cpu_tier import CpuTier
+
+        tier = CpuTier(int(args.arena_gb * 2**30), nbytes, pin=cuda)
+        name = f"{name} tier{args.arena_gb:g}G"
+        print(f"  slots: a {args.arena_gb:g} GiB CPU tier ({tier.capacity_bytes // nbytes} slots)")
     rows = []
     for n in args.chunks:
         ok = check(layers, n, bpc, cuda, gen)
         print(f"  {n} chunks correctness: {ok}", flush=True)
         ids = torch.randperm(blocks, generator=gen)[: n * bpc].view(n, bpc).clone()
         total = n * nbytes
-        t = time_one(layers, ids, make_slots(n, nbytes, 4, cuda), total, backend, args, cuda)
+        slots = make_slots(n, nbytes, 4, cuda) if not tier else tier_slots(tier, n, gen)
+        t = time_one(layers, ids, slots, total, backend, args, cuda)
         gbps = {k: total / v / 1e9 for k, v in t.items()}
         rows.append(
             {
