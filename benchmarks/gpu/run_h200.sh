@@ -9,7 +9,8 @@
 #   run_h200.sh compare20b|compare120b
 #       MODES=vanilla,native,lmcache,kvpanel (default; any order/subset), TAG=name for outputs,
 #       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default),
-#       ENGINE_EXTRA="..." appends vLLM flags to every mode.
+#       ENGINE_EXTRA="..." appends vLLM flags to every mode, QUERY_ROUNDS=N runs the query
+#       round N times per server start (--query-rounds; default 1, LMCache's benchmark).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/kvpanel-out}
@@ -76,7 +77,7 @@ PY
     python -m kvpanel.cli bench long-doc-qa --compare "$MODES" \
       --model "$M" --num-documents 20 --document-length 20000 --output-len 50 \
       --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
-      --completions --cpu-cache-gb 40 --kv-cache-memory "$KV" \
+      --completions --cpu-cache-gb 40 --kv-cache-memory "$KV" --query-rounds "${QUERY_ROUNDS:-1}" \
       --engine-args "--load-format dummy --max-model-len 32768 $EXTRA" \
       --no-progress --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -40
     # Where each mode's start-up went (vLLM's own timing lines).

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="send token-id prompts (default: only when the server's /tokenize fails)",
     )
     w.add_argument("--no-prewarm", action="store_true", help="skip the 5 pre-warm requests")
+    w.add_argument(
+        "--query-rounds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the query round N times, round k shuffled with seed+k-1 (not in LMCache's "
+        "benchmark: more samples per server start; --compare adds the means)",
+    )
     w.add_argument("--request-timeout", type=float, default=3600.0, metavar="S")
     w.add_argument("--api-key", default=None, help="bearer token for the server")
 
@@ -104,6 +112,7 @@ def params_from_args(args: argparse.Namespace) -> BenchParams:
         hit_miss_ratio=args.hit_miss_ratio,
         token_ids=args.token_ids,
         prewarm=not args.no_prewarm,
+        query_rounds=args.query_rounds,
         request_timeout_s=args.request_timeout,
         api_key=args.api_key,
     )

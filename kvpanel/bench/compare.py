@@ -67,6 +67,11 @@ class ModeOutcome:
             return math.nan
         return float(getattr(self.result.rounds[round_name], attr))
 
+    def per_query_round(self, attr: str) -> list[float]:
+        """``attr`` of every query round ("query", "query2", ...), in order."""
+        rounds = self.result.query_rounds() if self.result else []
+        return [float(getattr(r, attr)) for r in rounds]
+
 
 def parse_modes(text: str) -> list[str]:
     """``"vanilla,native,lmcache,kvpanel"`` -> list; ValueError on unknown or repeated names."""
@@ -201,9 +206,19 @@ def summary_rows(outcomes: Sequence[ModeOutcome]) -> list[dict[str, Any]]:
                 # vanilla's query-round mean TTFT / this mode's: > 1 means faster than vanilla
                 "query_ttft_gain_vs_vanilla": _ratio(b_ttft, q_ttft),
                 "query_total_vs_vanilla": _ratio(q_total, b_total),
+                # --query-rounds N: every round's figure and their means (round 1 is above)
+                "query_rounds": len(o.per_query_round("total_s")),
+                "query_mean_ttft_s_per_round": o.per_query_round("mean_ttft_s"),
+                "query_total_s_per_round": o.per_query_round("total_s"),
+                "query_mean_ttft_s_all_rounds": _mean(o.per_query_round("mean_ttft_s")),
+                "query_total_s_all_rounds": _mean(o.per_query_round("total_s")),
             }
         )
     return rows
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else math.nan
 
 
 def comparison_dict(
@@ -214,6 +229,8 @@ def comparison_dict(
         for k, v in row.items():
             if isinstance(v, float):
                 row[k] = _json_num(v)
+            elif isinstance(v, list):
+                row[k] = [_json_num(x) for x in v]
         row["command"] = o.argv
         row["server_exit_code"] = o.exit_code
         row["last_status"] = o.last_status
@@ -239,10 +256,14 @@ def print_table(outcomes: Sequence[ModeOutcome], file: TextIO | None = None) -> 
     out = file if file is not None else sys.stdout
     head = ["mode", "status", "warmup TTFT", "query TTFT", "query total", "TTFT gain"]
     head += ["TTFT/vanilla", "total/vanilla"]
+    summary = summary_rows(outcomes)
+    n_rounds = max((int(r["query_rounds"]) for r in summary), default=1)
+    if n_rounds > 1:  # --query-rounds: the means over every query round, after round 1's
+        head += [f"TTFT, {n_rounds} rounds", f"total, {n_rounds} rounds"]
     rows: list[list[str]] = [head]
     errors = []
     gains = []
-    for r in summary_rows(outcomes):
+    for r in summary:
         if r["mode"] not in (BASELINE, "none") and not math.isnan(r["query_ttft_gain_vs_vanilla"]):
             gains.append(
                 f"{r['mode']} query-round TTFT gain over vanilla: "
@@ -263,6 +284,11 @@ def print_table(outcomes: Sequence[ModeOutcome], file: TextIO | None = None) -> 
                 _cell(r["query_total_vs_vanilla"], "x"),
             ]
         )
+        if n_rounds > 1:
+            rows[-1] += [
+                _cell(r["query_mean_ttft_s_all_rounds"]),
+                _cell(r["query_total_s_all_rounds"]),
+            ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     print("\n=== COMPARISON (long_doc_qa) ===", file=out)
     for row in rows:

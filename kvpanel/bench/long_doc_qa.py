@@ -7,6 +7,8 @@ Phases, all with at most ``max_inflight_requests`` requests in flight:
     (sleep ``sleep_time_after_warmup`` seconds)
     query    - the documents again, ``repeat_count`` times each, in ``repeat_mode`` order,
                a share of them forced to miss by ``hit_miss_ratio``
+    query2.. - with ``query_rounds`` > 1 (not in LMCache's benchmark): the query round again,
+               round k shuffled with ``shuffle_seed + k - 1``; more samples per server start
 
 Programmatic use (the control API and the panel call it from a worker thread)::
 
@@ -37,7 +39,13 @@ from kvpanel.bench.client import (
     probe_tokenizer,
     stream_request,
 )
-from kvpanel.bench.result import QUERY, WARMUP, BenchResult, RequestRecord, RoundStats
+from kvpanel.bench.result import (
+    WARMUP,
+    BenchResult,
+    RequestRecord,
+    RoundStats,
+    query_round_name,
+)
 
 log = logging.getLogger("kvpanel.bench")
 
@@ -70,12 +78,19 @@ class BenchParams:
     hit_miss_ratio: str | None = None  # "H:M"
     token_ids: bool | None = None  # None: auto (token ids when the server cannot tokenize)
     prewarm: bool = True
+    query_rounds: int = 1  # >1: the query round again, reshuffled (not in LMCache's benchmark)
     request_timeout_s: float = 3600.0
     api_key: str | None = None
 
     def validate(self) -> None:
         """Raise ValueError, with one line naming the problem, on a bad value."""
-        for name in ("num_documents", "document_length", "output_len", "repeat_count"):
+        for name in (
+            "num_documents",
+            "document_length",
+            "output_len",
+            "repeat_count",
+            "query_rounds",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_inflight_requests < 1:
@@ -103,25 +118,35 @@ class BenchParams:
 
 
 @dataclass(slots=True)
+class _QueryRound:
+    name: str
+    prompts: list[wl.Prompt]
+    docs: list[int]
+    forced: list[bool]
+
+
+@dataclass(slots=True)
 class _Workload:
     warmup: list[wl.Prompt]
-    query: list[wl.Prompt]
-    query_docs: list[int]
-    query_forced: list[bool]
+    queries: list[_QueryRound]
 
 
 def build_workload(params: BenchParams, token_ids: bool) -> _Workload:
-    """Warm-up and query prompts. Seeded like LMCache: shuffle first, then the miss prefixes."""
-    rng = random.Random(params.shuffle_seed)
+    """Warm-up and query prompts. Seeded like LMCache: shuffle first, then the miss prefixes;
+    query round k (k >= 2) draws from ``shuffle_seed + k - 1``."""
     docs: Sequence[wl.Prompt]
     if token_ids:
         docs = wl.make_token_documents(params.num_documents, params.document_length)
     else:
         docs = wl.make_documents(params.num_documents, params.document_length)
-    order = wl.repeat_indices(len(docs), params.repeat_count, params.repeat_mode, rng)
     ratio = wl.parse_hit_miss_ratio(params.hit_miss_ratio) if params.hit_miss_ratio else None
-    query, forced = wl.add_cache_misses([docs[i] for i in order], ratio, rng)
-    return _Workload(warmup=list(docs), query=query, query_docs=order, query_forced=forced)
+    queries = []
+    for k in range(params.query_rounds):
+        rng = random.Random(params.shuffle_seed + k)
+        order = wl.repeat_indices(len(docs), params.repeat_count, params.repeat_mode, rng)
+        prompts, forced = wl.add_cache_misses([docs[i] for i in order], ratio, rng)
+        queries.append(_QueryRound(query_round_name(k + 1), prompts, order, forced))
+    return _Workload(warmup=list(docs), queries=queries)
 
 
 class _Runner:
@@ -254,11 +279,10 @@ async def run_benchmark_async(
             runner._check_stop()
             await asyncio.sleep(effective.sleep_time_after_warmup)
 
-        recs, elapsed = await runner.run_round(
-            QUERY, work.query, work.query_docs, work.query_forced
-        )
-        result.records.extend(recs)
-        result.rounds[QUERY] = RoundStats.from_records(QUERY, elapsed, recs)
+        for q in work.queries:
+            recs, elapsed = await runner.run_round(q.name, q.prompts, q.docs, q.forced)
+            result.records.extend(recs)
+            result.rounds[q.name] = RoundStats.from_records(q.name, elapsed, recs)
         return result
 
 

@@ -61,6 +61,16 @@ def results_lines(
         ("33", f"Query round time: {_fmt(q.total_s)}"),
         ("35", f"Query round prompt count: {q.count}"),
     ]
+    extra = result.query_rounds()[1:]  # --query-rounds N > 1
+    for k, r in enumerate(extra, start=2):
+        lines.append(("32", f"Query round {k} mean TTFT: {_fmt(r.mean_ttft_s)}"))
+        lines.append(("33", f"Query round {k} time: {_fmt(r.total_s)}"))
+    if extra:
+        every = result.query_rounds()
+        ttft = sum(r.mean_ttft_s for r in every) / len(every)
+        total = sum(r.total_s for r in every) / len(every)
+        lines.append(("32", f"Query rounds ({len(every)}) mean TTFT: {_fmt(ttft)}"))
+        lines.append(("33", f"Query rounds ({len(every)}) mean time: {_fmt(total)}"))
     if show_ttft_gain:
         lines.append(("34", f"Actual TTFT gain: {_fmt_gain(result.ttft_gain)}"))
     if show_latency_gain:
@@ -138,6 +148,7 @@ def write_plot(result: BenchResult, path: str | Path) -> bool:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     names = [n for n in (WARMUP, QUERY) if n in result.rounds]
+    names += [r.name for r in result.query_rounds()[1:]]
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4), squeeze=False, sharey=True)

@@ -2,6 +2,7 @@
 
     RequestRecord  - one request: round, document, TTFT, latency, token counts, ok / error
     RoundStats     - one round: mean / p50 / p90 TTFT, wall time, counts
+    query_round_name(k) - "query", "query2", ...: the names of the query phase's rounds
     BenchResult    - params, rounds, records, gains; ``to_dict`` / ``from_dict`` for JSON
     percentile     - linear-interpolation percentile (numpy's default), no numpy needed
 
@@ -17,6 +18,11 @@ from typing import Any
 
 WARMUP = "warmup"
 QUERY = "query"
+
+
+def query_round_name(k: int) -> str:
+    """Round k of the query phase (1-based): "query", then "query2", "query3"..."""
+    return QUERY if k == 1 else f"{QUERY}{k}"
 
 
 @dataclass(slots=True)
@@ -115,6 +121,15 @@ class BenchResult:
     def latency_gain(self) -> float:
         """Warm-up round time per prompt / query round time per prompt (LMCache)."""
         return _ratio(self.rounds[WARMUP].per_prompt_s, self.rounds[QUERY].per_prompt_s)
+
+    def query_rounds(self) -> list[RoundStats]:
+        """The query phase's rounds in order ("query", "query2", ...)."""
+        out = []
+        k = 1
+        while query_round_name(k) in self.rounds:
+            out.append(self.rounds[query_round_name(k)])
+            k += 1
+        return out
 
     @property
     def failed_requests(self) -> int:

@@ -197,8 +197,12 @@ class StatusHub:
 
     def _run_bench(self, params: Any) -> None:
         from kvpanel.bench.long_doc_qa import run_benchmark
+        from kvpanel.bench.result import query_round_name
 
-        phases = {"prewarm": (0.0, 0.1), "warmup": (0.1, 0.5), "query": (0.5, 1.0)}
+        phases = {"prewarm": (0.0, 0.1), "warmup": (0.1, 0.5)}
+        n = params.query_rounds  # the query rounds share the second half of the bar
+        for k in range(1, n + 1):
+            phases[query_round_name(k)] = (0.5 + 0.5 * (k - 1) / n, 0.5 + 0.5 * k / n)
 
         def progress(phase: str, done: int, total: int) -> None:
             lo, hi = phases.get(phase, (0.0, 1.0))

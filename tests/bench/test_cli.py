@@ -43,6 +43,21 @@ def test_met_gains_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Actual latency gain:" in capsys.readouterr().out
 
 
+def test_query_rounds_in_results_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with FakeServer() as server:
+        out = tmp_path / "r.json"
+        rc = bench_main(
+            [*FLAGS, "--base-url", server.url, "--query-rounds", "2", "--output", str(out)]
+        )
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "Query round 2 mean TTFT:" in text and "Query rounds (2) mean time:" in text
+    rounds = json.loads(out.read_text())["rounds"]
+    assert set(rounds) == {"warmup", "query", "query2"} and rounds["query2"]["count"] == 6
+    with open(tmp_path / "r.csv") as f:
+        assert {row["round"] for row in csv.DictReader(f)} == {"warmup", "query", "query2"}
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -50,6 +65,7 @@ def test_met_gains_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
         ["--num-documents", "0"],
         ["--hit-miss-ratio", "x"],
         ["--max-inflight-requests", "0"],
+        ["--query-rounds", "0"],
         ["--compare", "vanilla,bogus", "--model", "m"],
         ["--compare", "vanilla"],  # no --model
     ],

@@ -62,12 +62,14 @@ def test_compare_three_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
             "--output-len", "2",
             "--ready-timeout", "60",
             "--no-progress",
+            "--query-rounds", "2",
             "--output", str(out),
         ]
     )  # fmt: skip
     stdout = capsys.readouterr().out
     assert rc == 0
     assert "=== COMPARISON (long_doc_qa) ===" in stdout
+    assert "TTFT, 2 rounds" in stdout and "total, 2 rounds" in stdout
     data = json.loads(out.read_text())
     modes = {m["mode"]: m for m in data["modes"]}
     assert list(modes) == ["vanilla", "native", "kvpanel"]
@@ -81,6 +83,12 @@ def test_compare_three_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert kv_argv[0] == "tiny-llama" and "--cpu-cache-gb" in kv_argv
     assert kv_argv[-2:] == ["--max-model-len", "512"]
     assert modes["kvpanel"]["result"]["rounds"]["query"]["count"] == 4
+    # --query-rounds 2: both rounds ran; the per-round lists and their means are reported.
+    kv = modes["kvpanel"]
+    assert kv["result"]["rounds"]["query2"]["count"] == 4 and kv["query_rounds"] == 2
+    assert kv["query_total_s_per_round"][0] == pytest.approx(kv["query_total_s"])
+    assert kv["query_total_s_all_rounds"] == pytest.approx(sum(kv["query_total_s_per_round"]) / 2)
+    assert modes["native"]["query_rounds"] == 0 and modes["native"]["query_total_s_per_round"] == []
     # Phase timings: a failed start has none; a served mode has all three.
     assert modes["native"]["phases_s"] == {}
     assert set(modes["kvpanel"]["phases_s"]) == {"start", "bench", "stop"}

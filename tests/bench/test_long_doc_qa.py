@@ -60,6 +60,33 @@ def test_hit_miss_ratio_marks_records() -> None:
     assert forced == [3, 7]
 
 
+def test_query_rounds_repeat_the_query_round_reshuffled() -> None:
+    from dataclasses import replace
+
+    from kvpanel.bench.long_doc_qa import build_workload
+
+    params = replace(SMALL, num_documents=6, repeat_count=1, query_rounds=3)
+    work = build_workload(params, token_ids=False)
+    single = build_workload(replace(params, query_rounds=1), token_ids=False)
+    # Round 1 is the one-round workload exactly; later rounds draw from seed + k - 1.
+    assert [q.name for q in work.queries] == ["query", "query2", "query3"]
+    assert work.queries[0].docs == single.queries[0].docs
+    reseeded = build_workload(replace(params, shuffle_seed=1, query_rounds=1), token_ids=False)
+    assert work.queries[1].docs == reseeded.queries[0].docs
+    assert len({tuple(q.docs) for q in work.queries}) > 1
+    calls: list[tuple[str, int, int]] = []
+    with FakeServer() as server:
+        result = run_benchmark(params, server.url, progress_cb=lambda *a: calls.append(a))
+    assert list(result.rounds) == [WARMUP, "query", "query2", "query3"]
+    assert [r.name for r in result.query_rounds()] == ["query", "query2", "query3"]
+    assert all(r.count == 6 and r.ok_count == 6 for r in result.query_rounds())
+    for q in work.queries:
+        assert [r.doc_index for r in result.round_records(q.name)] == q.docs
+    assert ("query3", 6, 6) in calls
+    with pytest.raises(ValueError, match="query_rounds"):
+        replace(params, query_rounds=0).validate()
+
+
 def test_stop_event_cancels() -> None:
     stop = threading.Event()
 

@@ -113,8 +113,9 @@ def test_workload_matches_lmcache_script() -> None:
         if i % 3 >= 2:
             theirs[i] = str(random.randint(-10000000, 10000000)) + " " + theirs[i]
     assert work.warmup == warmup
-    assert work.query == theirs
-    assert [warmup[d] for d in work.query_docs] == [
+    (query,) = work.queries
+    assert query.prompts == theirs
+    assert [warmup[d] for d in query.docs] == [
         str(q).split(" ", 1)[1] if f else q
-        for q, f in zip(work.query, work.query_forced, strict=True)
+        for q, f in zip(query.prompts, query.forced, strict=True)
     ]
