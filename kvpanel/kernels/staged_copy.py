@@ -42,8 +42,8 @@ from kvpanel.kernels.layout import KVGeometry, Layout, check_args, geometry, pla
 
 # Both halves together (two streams per worker: 256 MiB of GPU memory beside vLLM's KV).
 # Measured on the H200 (gpt-oss-20b chunks of 12 MiB, 64 per call): with halves of 5 chunks
-# the copy engine stays at 96-97 % of memcpy, and at 92-93 % while another stream runs
-# matmuls; halves of 2 chunks (64 MiB) gave 60-64 % next to the matmuls.
+# the copies ran at 93-97 % of memcpy, and at 92-93 % while another stream ran matmuls;
+# halves of 2 chunks (64 MiB) gave 60-64 % next to the matmuls.
 STAGING_BYTES = int(float(os.environ.get("KVPANEL_STAGING_MB", "128")) * 2**20)
 # Programs per shuffle launch; default one per page. Next to a busy model, short programs
 # land on whichever SMs free up first; a 132-program persistent grid waited on its slowest
