@@ -34,7 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kernels_check import check, make_slots  # noqa: E402
+from kernels_check import POISON, check, make_slots  # noqa: E402
 
 from kvpanel.kernels import chunk_nbytes, torch_copy  # noqa: E402
 
@@ -212,7 +212,7 @@ def tier_slots(tier: Any, n: int, gen: torch.Generator) -> list[torch.Tensor]:
     picks = torch.randperm(tier.capacity_bytes // tier.slot_bytes, generator=gen)[:n]
     slots = [tier.view(int(i)) for i in picks]
     for s in slots:
-        s.fill_(0xA5)
+        s.fill_(POISON)
     return slots
 
 

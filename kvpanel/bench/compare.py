@@ -72,6 +72,9 @@ class ModeOutcome:
         rounds = self.result.query_rounds() if self.result else []
         return [float(getattr(r, attr)) for r in rounds]
 
+    def query_rounds_mean(self, attr: str) -> float:
+        return self.result.query_rounds_mean(attr) if self.result else math.nan
+
 
 def parse_modes(text: str) -> list[str]:
     """``"vanilla,native,lmcache,kvpanel"`` -> list; ValueError on unknown or repeated names."""
@@ -210,15 +213,11 @@ def summary_rows(outcomes: Sequence[ModeOutcome]) -> list[dict[str, Any]]:
                 "query_rounds": len(o.per_query_round("total_s")),
                 "query_mean_ttft_s_per_round": o.per_query_round("mean_ttft_s"),
                 "query_total_s_per_round": o.per_query_round("total_s"),
-                "query_mean_ttft_s_all_rounds": _mean(o.per_query_round("mean_ttft_s")),
-                "query_total_s_all_rounds": _mean(o.per_query_round("total_s")),
+                "query_mean_ttft_s_all_rounds": o.query_rounds_mean("mean_ttft_s"),
+                "query_total_s_all_rounds": o.query_rounds_mean("total_s"),
             }
         )
     return rows
-
-
-def _mean(values: Sequence[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
 
 
 def comparison_dict(

@@ -66,11 +66,10 @@ def results_lines(
         lines.append(("32", f"Query round {k} mean TTFT: {_fmt(r.mean_ttft_s)}"))
         lines.append(("33", f"Query round {k} time: {_fmt(r.total_s)}"))
     if extra:
-        every = result.query_rounds()
-        ttft = sum(r.mean_ttft_s for r in every) / len(every)
-        total = sum(r.total_s for r in every) / len(every)
-        lines.append(("32", f"Query rounds ({len(every)}) mean TTFT: {_fmt(ttft)}"))
-        lines.append(("33", f"Query rounds ({len(every)}) mean time: {_fmt(total)}"))
+        n = len(extra) + 1
+        ttft, total = result.query_rounds_mean("mean_ttft_s"), result.query_rounds_mean("total_s")
+        lines.append(("32", f"Query rounds ({n}) mean TTFT: {_fmt(ttft)}"))
+        lines.append(("33", f"Query rounds ({n}) mean time: {_fmt(total)}"))
     if show_ttft_gain:
         lines.append(("34", f"Actual TTFT gain: {_fmt_gain(result.ttft_gain)}"))
     if show_latency_gain:

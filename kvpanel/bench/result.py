@@ -131,6 +131,10 @@ class BenchResult:
             k += 1
         return out
 
+    def query_rounds_mean(self, attr: str) -> float:
+        """Mean of a ``RoundStats`` field over the query rounds (NaN without any)."""
+        return _mean([float(getattr(r, attr)) for r in self.query_rounds()])
+
     @property
     def failed_requests(self) -> int:
         return sum(1 for r in self.records if not r.ok)
