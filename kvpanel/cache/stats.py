@@ -100,37 +100,47 @@ class TierCounters:
 
 
 class TransferTotals:
-    """Cumulative GPU<->CPU copy traffic: bytes and busy seconds per direction (thread-safe)."""
+    """Cumulative GPU<->CPU copy traffic per direction (thread-safe): bytes, busy seconds on
+    the GPU, and host seconds spent enqueueing the copies (when the host time nears the GPU
+    time, the copy engine waits for the host, not the link)."""
 
-    __slots__ = ("_lock", "load_bytes", "load_seconds", "store_bytes", "store_seconds")
+    __slots__ = (
+        "_lock",
+        "load_bytes",
+        "load_seconds",
+        "load_host_seconds",
+        "store_bytes",
+        "store_seconds",
+        "store_host_seconds",
+    )
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.load_bytes = 0
         self.load_seconds = 0.0
+        self.load_host_seconds = 0.0
         self.store_bytes = 0
         self.store_seconds = 0.0
+        self.store_host_seconds = 0.0
 
-    def add(self, nbytes: int, seconds: float, *, load: bool) -> None:
+    def add(self, nbytes: int, seconds: float, *, load: bool, host_seconds: float = 0.0) -> None:
         with self._lock:
             if load:
                 self.load_bytes += nbytes
                 self.load_seconds += seconds
+                self.load_host_seconds += host_seconds
             else:
                 self.store_bytes += nbytes
                 self.store_seconds += seconds
+                self.store_host_seconds += host_seconds
 
     def copy(self) -> TransferTotals:
         out = TransferTotals()
         with self._lock:
-            out.load_bytes, out.load_seconds = self.load_bytes, self.load_seconds
-            out.store_bytes, out.store_seconds = self.store_bytes, self.store_seconds
+            for name in self.__slots__[1:]:
+                setattr(out, name, getattr(self, name))
         return out
 
     def to_dict(self) -> dict[str, float]:
-        return {
-            "load_bytes": self.load_bytes,
-            "load_seconds": self.load_seconds,
-            "store_bytes": self.store_bytes,
-            "store_seconds": self.store_seconds,
-        }
+        with self._lock:
+            return {name: getattr(self, name) for name in self.__slots__[1:]}

@@ -166,9 +166,12 @@ class TieredStore:
     def touch(self, keys: Iterable[ChunkKey]) -> None:
         self.cpu.touch(keys)
 
-    def record_transfer(self, nbytes: int, seconds: float, *, load: bool) -> None:
-        """Account one finished GPU<->CPU copy (called by the engine's worker)."""
-        self._transfers.add(nbytes, seconds, load=load)
+    def record_transfer(
+        self, nbytes: int, seconds: float, *, load: bool, host_seconds: float = 0.0
+    ) -> None:
+        """Account one finished GPU<->CPU copy (called by the engine's worker): ``seconds`` on
+        the GPU, ``host_seconds`` spent enqueueing it."""
+        self._transfers.add(nbytes, seconds, load=load, host_seconds=host_seconds)
 
     def transfers(self) -> TransferTotals:
         return self._transfers.copy()

@@ -10,8 +10,9 @@ Why staged: the direct kernel (``triton_copy``) reads and writes pinned host mem
 SMs, one 32 KiB page at a time; on the H200 it topped out at ~82 % of a pinned memcpy and it
 needs SMs while the model runs. Here the PCIe leg of every chunk is ONE contiguous
 ``cudaMemcpyAsync`` between its host slot and a device staging buffer (the copy engine: no
-SM, full link speed), and only the shuffle between vLLM's scattered blocks and the staging
-buffer runs as a kernel, at device-memory speed.
+SM, full link speed; chunks whose slots lie back to back share one, ``slot_runs``), and only
+the shuffle between vLLM's scattered blocks and the staging buffer runs as a kernel, at
+device-memory speed.
 
 Double buffering: the staging buffer of a (device, stream) has two halves. A call of several
 groups shuffles on a side stream of the same priority, so the shuffle of group k+1 runs while
@@ -39,6 +40,7 @@ import triton.language as tl
 
 from kvpanel.kernels import triton_copy
 from kvpanel.kernels.layout import KVGeometry, Layout, check_args, geometry, plan_groups
+from kvpanel.kernels.slot_runs import copy_runs
 
 # Both halves together (two streams per worker: 256 MiB of GPU memory beside vLLM's KV).
 # Measured on the H200 (gpt-oss-20b chunks of 12 MiB, 64 per call): with halves of 5 chunks
@@ -207,17 +209,6 @@ def _shuffle(
     )
 
 
-def _copy_group(
-    slots: Sequence[torch.Tensor], group: list[int], stage: torch.Tensor, n: int, to_slots: bool
-) -> None:
-    """One copy-engine memcpy per chunk between its slot and its place in ``stage``."""
-    for k, c in enumerate(group):
-        if to_slots:
-            slots[c][:n].copy_(stage[k * n : (k + 1) * n], non_blocking=True)
-        else:
-            stage[k * n : (k + 1) * n].copy_(slots[c][:n], non_blocking=True)
-
-
 def _run(
     layers: Sequence[torch.Tensor],
     block_ids: torch.Tensor,
@@ -279,7 +270,7 @@ def _run_groups(
             stream.wait_event(free)
             if to_slots:
                 _shuffle(layers, ids, half, lay, geo, to_stage=True)
-            _copy_group(slots, group, half, lay.nbytes, to_slots)
+            copy_runs(slots, group, half, lay.nbytes, to_slots)
             if not to_slots:
                 _shuffle(layers, ids, half, lay, geo, to_stage=False)
             free.record(stream)
@@ -289,11 +280,11 @@ def _run_groups(
                 _shuffle(layers, ids, half, lay, geo, to_stage=True)
             handoff.record(st.side)
             stream.wait_event(handoff)
-            _copy_group(slots, group, half, lay.nbytes, to_slots)
+            copy_runs(slots, group, half, lay.nbytes, to_slots)
             free.record(stream)
         else:  # copy in on the caller's stream, shuffle on the side
             stream.wait_event(free)
-            _copy_group(slots, group, half, lay.nbytes, to_slots)
+            copy_runs(slots, group, half, lay.nbytes, to_slots)
             handoff.record(stream)
             st.side.wait_event(handoff)
             with torch.cuda.stream(st.side):

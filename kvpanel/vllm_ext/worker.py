@@ -157,7 +157,9 @@ class KvpanelWorker(OffloadingWorker):
                 seconds = job.start_event.elapsed_time(job.end_event) * 1e-3  # type: ignore[attr-defined]
             else:
                 seconds = job.cpu_seconds
-            self.store.record_transfer(job.nbytes, seconds, load=job.is_load)
+            self.store.record_transfer(
+                job.nbytes, seconds, load=job.is_load, host_seconds=job.cpu_seconds
+            )
             results.append(TransferResult(job.job_id, True, job.nbytes, seconds))
         self._jobs = pending
         return results

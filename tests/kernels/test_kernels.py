@@ -288,6 +288,42 @@ def test_staged_matches_reference(monkeypatch: pytest.MonkeyPatch, staging_chunk
     reason="needs CUDA + Triton; checked on the H200 by benchmarks/kernels_bench.py "
     "(not in CPU CI)",
 )
+@pytest.mark.parametrize("staging_chunks", [3, 100])
+def test_staged_with_adjacent_slots(monkeypatch: pytest.MonkeyPatch, staging_chunks: int) -> None:
+    """Slots carved out of one pinned arena, as the CPU tier does: runs of adjacent slots
+    move in one memcpy (``slot_runs``), and the result is the same as chunk by chunk."""
+    from kvpanel.kernels import staged_copy
+
+    gen = torch.Generator().manual_seed(31)
+    num_chunks, bpc, pages = 9, 16, [256] * 4
+    layers = make_layers(pages, 512, gen, device="cuda")
+    nbytes = chunk_nbytes(layers, bpc)
+    monkeypatch.setattr(staged_copy, "STAGING_BYTES", 2 * staging_chunks * nbytes)
+    monkeypatch.setattr(staged_copy, "_staging", {})
+    arena = torch.full((num_chunks * nbytes,), POISON, dtype=torch.uint8).pin_memory()
+    # Runs of 3 and 2 adjacent slots, a lone one, and out-of-order ones.
+    order = [0, 1, 2, 6, 5, 3, 4, 8, 7]
+    got = [arena[i * nbytes : (i + 1) * nbytes] for i in order]
+    ids = make_block_ids(num_chunks, bpc, 512, gen, head=3, tail=5)
+    ref = poisoned_slots(num_chunks, nbytes)
+    reference.gather_chunks([t.cpu() for t in layers], ids, ref)
+    kernels.gather_chunks(layers, ids, got)
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+
+    fresh = make_layers(pages, 512, gen, device="cuda")
+    expect = [t.cpu() for t in fresh]
+    reference.scatter_chunks(ref, ids, expect)
+    kernels.scatter_chunks(got, ids, fresh)
+    torch.cuda.synchronize()
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(fresh, expect, strict=True))
+
+
+@pytest.mark.skipif(
+    not _triton_ready(),
+    reason="needs CUDA + Triton; checked on the H200 by benchmarks/kernels_bench.py "
+    "(not in CPU CI)",
+)
 def test_staged_calls_back_to_back_need_no_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     """Calls enqueued without synchronising reuse both staging halves from two streams
     (the caller's and the side stream); every call must still see its own bytes."""
