@@ -305,7 +305,7 @@ def test_staged_with_adjacent_slots(monkeypatch: pytest.MonkeyPatch, staging_chu
     order = [0, 1, 2, 6, 5, 3, 4, 8, 7]
     got = [arena[i * nbytes : (i + 1) * nbytes] for i in order]
     ids = make_block_ids(num_chunks, bpc, 512, gen, head=3, tail=5)
-    ref = poisoned_slots(num_chunks, nbytes)
+    ref = poisoned_slots(num_chunks, nbytes, extra=0)  # slots of exactly one chunk
     reference.gather_chunks([t.cpu() for t in layers], ids, ref)
     kernels.gather_chunks(layers, ids, got)
     torch.cuda.synchronize()
