@@ -26,11 +26,15 @@ def adjacent_run(slots: Sequence[torch.Tensor], group: list[int], k: int, nbytes
     A slot larger than its chunk breaks every run (the gap bytes must not be copied), and
     so do slots of different allocations, even if their addresses happen to touch."""
     first = slots[group[k]]
-    base, storage = first.data_ptr(), first.untyped_storage().data_ptr()
+    base, storage = first.data_ptr(), None
     run = 1
     while k + run < len(group):
         nxt = slots[group[k + run]]
-        if nxt.data_ptr() != base + run * nbytes or nxt.untyped_storage().data_ptr() != storage:
+        if nxt.data_ptr() != base + run * nbytes:
+            break
+        if storage is None:  # asked only when addresses touch: lone chunks skip it
+            storage = first.untyped_storage().data_ptr()
+        if nxt.untyped_storage().data_ptr() != storage:
             break
         run += 1
     return run
