@@ -57,7 +57,16 @@ def parse_args() -> argparse.Namespace:
         help="take the slots at random places of a kvpanel CPU tier of this size (pinned "
         "256 MiB segments, as `kvpanel serve` allocates it) instead of a few small pools",
     )
-    return p.parse_args()
+    p.add_argument(
+        "--adjacent",
+        action="store_true",
+        help="with --arena-gb: consecutive tier slots from a random start, as the tier hands a "
+        "request its slots (the staged path then moves runs of them in one memcpy)",
+    )
+    args = p.parse_args()
+    if args.adjacent and not args.arena_gb:
+        p.error("--adjacent needs --arena-gb")
+    return args
 
 
 def timed(fn: Callable[[], object], reps: int, cuda: bool) -> float:
@@ -206,10 +215,16 @@ def time_one(
     return t
 
 
-def tier_slots(tier: Any, n: int, gen: torch.Generator) -> list[torch.Tensor]:
+def tier_slots(tier: Any, n: int, gen: torch.Generator, adjacent: bool) -> list[torch.Tensor]:
     """``n`` distinct slots at random places of the tier's whole pool (its segments were
-    pinned when it was built), filled so that nothing reads never-touched pages."""
-    picks = torch.randperm(tier.capacity_bytes // tier.slot_bytes, generator=gen)[:n]
+    pinned when it was built), or ``adjacent``: ``n`` consecutive ones from a random start.
+    Filled so that nothing reads never-touched pages."""
+    count = tier.capacity_bytes // tier.slot_bytes
+    if adjacent:
+        start = int(torch.randint(0, max(1, count - n + 1), (1,), generator=gen))
+        picks = torch.arange(start, start + n)
+    else:
+        picks = torch.randperm(count, generator=gen)[:n]
     slots = [tier.view(int(i)) for i in picks]
     for s in slots:
         s.fill_(POISON)
@@ -236,7 +251,7 @@ def bench_variant(name: str, page: int, args: argparse.Namespace, cuda: bool) ->
         from kvpanel.cache.cpu_tier import CpuTier
 
         tier = CpuTier(int(args.arena_gb * 2**30), nbytes, pin=cuda)
-        name = f"{name} tier{args.arena_gb:g}G"
+        name = f"{name} tier{args.arena_gb:g}G{' adjacent' if args.adjacent else ''}"
         print(f"  slots: a {args.arena_gb:g} GiB CPU tier ({tier.capacity_bytes // nbytes} slots)")
     rows = []
     for n in args.chunks:
@@ -244,7 +259,10 @@ def bench_variant(name: str, page: int, args: argparse.Namespace, cuda: bool) ->
         print(f"  {n} chunks correctness: {ok}", flush=True)
         ids = torch.randperm(blocks, generator=gen)[: n * bpc].view(n, bpc).clone()
         total = n * nbytes
-        slots = make_slots(n, nbytes, 4, cuda) if not tier else tier_slots(tier, n, gen)
+        if tier is None:
+            slots = make_slots(n, nbytes, 4, cuda)
+        else:
+            slots = tier_slots(tier, n, gen, args.adjacent)
         t = time_one(layers, ids, slots, total, backend, args, cuda)
         gbps = {k: total / v / 1e9 for k, v in t.items()}
         rows.append(
