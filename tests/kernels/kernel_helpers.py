@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 POISON = 0xA5
@@ -35,3 +37,37 @@ def make_block_ids(
 def poisoned_slots(num_chunks: int, nbytes: int, extra: int = 64) -> list[torch.Tensor]:
     """Separate slot tensors (like pool segments), larger than a chunk, filled with POISON."""
     return [torch.full((nbytes + extra,), POISON, dtype=torch.uint8) for _ in range(num_chunks)]
+
+
+def assert_matches_reference(
+    gather: Callable[..., None],
+    scatter: Callable[..., None],
+    layers: list[torch.Tensor],
+    ids: torch.Tensor,
+    got: list[torch.Tensor],
+    gen: torch.Generator,
+) -> None:
+    """``gather(layers, ids, got)`` must leave ``got`` equal to the Python reference's slots
+    (poison kept where ids are -1), and ``scatter(got, ids, fresh)`` into a fresh random cache
+    of the same geometry must equal the reference's scatter. ``got``: poisoned slots of one
+    size, where the backend under test wants them (pinned, carved from an arena, ...)."""
+    from kvpanel.kernels import reference
+    from kvpanel.kernels.layout import chunk_nbytes
+
+    device = layers[0].device
+    pages = [int(t.shape[1]) for t in layers]
+    nbytes = chunk_nbytes(layers, int(ids.shape[1]))
+    ref = poisoned_slots(len(got), nbytes, extra=got[0].numel() - nbytes)
+    reference.gather_chunks([t.cpu() for t in layers], ids, ref)
+    gather(layers, ids, got)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+
+    fresh = make_layers(pages, int(layers[0].shape[0]), gen, device=str(device))
+    expect = [t.cpu() for t in fresh]
+    reference.scatter_chunks(ref, ids, expect)
+    scatter(got, ids, fresh)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(fresh, expect, strict=True))

@@ -6,6 +6,7 @@ import pytest
 import torch
 from kernel_helpers import (
     POISON,
+    assert_matches_reference,
     make_block_ids,
     make_layers,
     poisoned_slots,
@@ -127,6 +128,15 @@ def test_round_trip_into_fresh_cache() -> None:
             assert torch.equal(s[blk], d[blk])
 
 
+def test_dispatch_matches_reference_on_cpu() -> None:
+    """The CUDA tests' round-trip check, through the dispatcher's torch backend on CPU."""
+    gen = torch.Generator().manual_seed(37)
+    layers = make_layers(PAGES["mixed"], NUM_BLOCKS, gen)
+    ids = make_block_ids(3, 4, NUM_BLOCKS, gen, head=1, tail=2)
+    got = poisoned_slots(3, chunk_nbytes(layers, 4))
+    assert_matches_reference(kernels.gather_chunks, kernels.scatter_chunks, layers, ids, got, gen)
+
+
 def test_strided_layer_views() -> None:
     """Layers that are K/V halves of one shared tensor (row stride > page bytes)."""
     gen = torch.Generator().manual_seed(5)
@@ -216,20 +226,11 @@ def test_triton_matches_reference(pages: list[int]) -> None:
     assert kernels.backend_for(layers) == "triton"
     ids = make_block_ids(num_chunks, bpc, 512, gen, head=3, tail=5)
     nbytes = chunk_nbytes(layers, bpc)
-    ref = poisoned_slots(num_chunks, nbytes)
-    reference.gather_chunks([t.cpu() for t in layers], ids, ref)
     got = [s.pin_memory() for s in poisoned_slots(num_chunks, nbytes)]
     assert triton_copy.unsupported_reason(layers, got) is None
-    triton_copy.gather_chunks(layers, ids, got)
-    torch.cuda.synchronize()
-    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
-
-    fresh = make_layers(pages, 512, gen, device="cuda")
-    expect = [t.cpu() for t in fresh]
-    reference.scatter_chunks(ref, ids, expect)
-    triton_copy.scatter_chunks(got, ids, fresh)
-    torch.cuda.synchronize()
-    assert all(torch.equal(a.cpu(), b) for a, b in zip(fresh, expect, strict=True))
+    assert_matches_reference(
+        triton_copy.gather_chunks, triton_copy.scatter_chunks, layers, ids, got, gen
+    )
 
 
 def test_plan_groups_stages_whole_chunks_in_groups() -> None:
@@ -254,69 +255,30 @@ def test_plan_groups_stages_whole_chunks_in_groups() -> None:
     "(not in CPU CI)",
 )
 @pytest.mark.parametrize("staging_chunks", [1, 3, 100])
-def test_staged_matches_reference(monkeypatch: pytest.MonkeyPatch, staging_chunks: int) -> None:
+@pytest.mark.parametrize("slot_kind", ["separate", "arena"])
+def test_staged_matches_reference(
+    monkeypatch: pytest.MonkeyPatch, staging_chunks: int, slot_kind: str
+) -> None:
     from kvpanel.kernels import staged_copy
 
     gen = torch.Generator().manual_seed(23)
-    num_chunks, bpc, pages = 7, 16, [256] * 4
+    num_chunks, bpc, pages = 9, 16, [256] * 4
     layers = make_layers(pages, 512, gen, device="cuda")
     nbytes = chunk_nbytes(layers, bpc)
     # Two halves of ``staging_chunks`` chunks each: 1 and 3 give calls of several groups
     # (shuffles on the side stream), 100 a one-group call (all on the caller's stream).
     monkeypatch.setattr(staged_copy, "STAGING_BYTES", 2 * staging_chunks * nbytes)
     monkeypatch.setattr(staged_copy, "_staging", {})
-    ids = make_block_ids(num_chunks, bpc, 512, gen, head=3, tail=5)
-    ref = poisoned_slots(num_chunks, nbytes)
-    reference.gather_chunks([t.cpu() for t in layers], ids, ref)
-    got = [s.pin_memory() for s in poisoned_slots(num_chunks, nbytes)]
+    if slot_kind == "separate":
+        got = [s.pin_memory() for s in poisoned_slots(num_chunks, nbytes)]
+    else:  # carved out of one pinned arena, as the CPU tier does: ``slot_runs`` merges runs
+        arena = torch.full((num_chunks * nbytes,), POISON, dtype=torch.uint8).pin_memory()
+        order = [0, 1, 2, 6, 5, 3, 4, 8, 7]  # runs of 3 and 2, a lone slot, out-of-order ones
+        got = [arena[i * nbytes : (i + 1) * nbytes] for i in order]
     assert kernels._triton_module(layers, got)[0] is staged_copy
-    kernels.gather_chunks(layers, ids, got)
-    torch.cuda.synchronize()
-    # Partial chunks (first and last) must keep the poison where ids are -1.
-    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
-
-    fresh = make_layers(pages, 512, gen, device="cuda")
-    expect = [t.cpu() for t in fresh]
-    reference.scatter_chunks(ref, ids, expect)
-    kernels.scatter_chunks(got, ids, fresh)
-    torch.cuda.synchronize()
-    assert all(torch.equal(a.cpu(), b) for a, b in zip(fresh, expect, strict=True))
-
-
-@pytest.mark.skipif(
-    not _triton_ready(),
-    reason="needs CUDA + Triton; checked on the H200 by benchmarks/kernels_bench.py "
-    "(not in CPU CI)",
-)
-@pytest.mark.parametrize("staging_chunks", [3, 100])
-def test_staged_with_adjacent_slots(monkeypatch: pytest.MonkeyPatch, staging_chunks: int) -> None:
-    """Slots carved out of one pinned arena, as the CPU tier does: runs of adjacent slots
-    move in one memcpy (``slot_runs``), and the result is the same as chunk by chunk."""
-    from kvpanel.kernels import staged_copy
-
-    gen = torch.Generator().manual_seed(31)
-    num_chunks, bpc, pages = 9, 16, [256] * 4
-    layers = make_layers(pages, 512, gen, device="cuda")
-    nbytes = chunk_nbytes(layers, bpc)
-    monkeypatch.setattr(staged_copy, "STAGING_BYTES", 2 * staging_chunks * nbytes)
-    monkeypatch.setattr(staged_copy, "_staging", {})
-    arena = torch.full((num_chunks * nbytes,), POISON, dtype=torch.uint8).pin_memory()
-    # Runs of 3 and 2 adjacent slots, a lone one, and out-of-order ones.
-    order = [0, 1, 2, 6, 5, 3, 4, 8, 7]
-    got = [arena[i * nbytes : (i + 1) * nbytes] for i in order]
     ids = make_block_ids(num_chunks, bpc, 512, gen, head=3, tail=5)
-    ref = poisoned_slots(num_chunks, nbytes, extra=0)  # slots of exactly one chunk
-    reference.gather_chunks([t.cpu() for t in layers], ids, ref)
-    kernels.gather_chunks(layers, ids, got)
-    torch.cuda.synchronize()
-    assert all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
-
-    fresh = make_layers(pages, 512, gen, device="cuda")
-    expect = [t.cpu() for t in fresh]
-    reference.scatter_chunks(ref, ids, expect)
-    kernels.scatter_chunks(got, ids, fresh)
-    torch.cuda.synchronize()
-    assert all(torch.equal(a.cpu(), b) for a, b in zip(fresh, expect, strict=True))
+    # Partial chunks (first and last) must keep the poison where ids are -1.
+    assert_matches_reference(kernels.gather_chunks, kernels.scatter_chunks, layers, ids, got, gen)
 
 
 @pytest.mark.skipif(
