@@ -104,8 +104,7 @@ class TransferTotals:
     the GPU, and host seconds spent enqueueing the copies (when the host time nears the GPU
     time, the copy engine waits for the host, not the link)."""
 
-    __slots__ = (
-        "_lock",
+    FIELDS = (
         "load_bytes",
         "load_seconds",
         "load_host_seconds",
@@ -113,6 +112,7 @@ class TransferTotals:
         "store_seconds",
         "store_host_seconds",
     )
+    __slots__ = ("_lock", *FIELDS)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -137,10 +137,10 @@ class TransferTotals:
     def copy(self) -> TransferTotals:
         out = TransferTotals()
         with self._lock:
-            for name in self.__slots__[1:]:
+            for name in self.FIELDS:
                 setattr(out, name, getattr(self, name))
         return out
 
     def to_dict(self) -> dict[str, float]:
         with self._lock:
-            return {name: getattr(self, name) for name in self.__slots__[1:]}
+            return {name: getattr(self, name) for name in self.FIELDS}
