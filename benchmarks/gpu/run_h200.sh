@@ -11,7 +11,9 @@
 #       MODES=vanilla,native,lmcache,kvpanel (default; any order/subset), TAG=name for outputs,
 #       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default),
 #       ENGINE_EXTRA="..." appends vLLM flags to every mode, QUERY_ROUNDS=N runs the query
-#       round N times per server start (--query-rounds; default 1, LMCache's benchmark).
+#       round N times per server start (--query-rounds; default 1, LMCache's benchmark),
+#       TRACE=1 writes kvpanel's event trace (KVPANEL_TRACE) and prints handoff_trace.py's
+#       per-request view of it into NAME.txt (the trace itself goes into the logs' archive).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/kvpanel-out}
@@ -83,6 +85,7 @@ PY
     EXTRA="${ENGINE_EXTRA:-}"
     [ "${EAGER:-0}" = 1 ] && EXTRA="$EXTRA --enforce-eager"
     NAME="$1${TAG:+-$TAG}"
+    [ "${TRACE:-0}" = 1 ] && export KVPANEL_TRACE="$OUT/serve-trace-$NAME.log"
     python -m kvpanel.cli bench long-doc-qa --compare "$MODES" \
       --model "$M" --num-documents 20 --document-length 20000 --output-len 50 \
       --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
@@ -93,6 +96,10 @@ PY
     grep -hE "took|takes|finished in|KV cache size|Maximum concurrency|pinned" \
       "$OUT"/serve-*.log 2>/dev/null | cut -c1-220 | head -40 \
       | tee -a "$OUT/$NAME.txt"
+    if [ -n "${KVPANEL_TRACE:-}" ] && [ -f "$KVPANEL_TRACE" ]; then
+      python benchmarks/gpu/handoff_trace.py "$OUT/$NAME.json" "$KVPANEL_TRACE" 2>&1 \
+        | tee -a "$OUT/$NAME.txt" | grep -E "==|median"
+    fi
     # At most 8 files come back from a device call: plots out, server logs in one archive.
     rm -f "$OUT"/*.png
     (cd "$OUT" && ls serve-*.log >/dev/null 2>&1 && tar czf "serve-logs-$NAME.tgz" serve-*.log && rm -f serve-*.log)

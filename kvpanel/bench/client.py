@@ -38,6 +38,7 @@ class StreamOutcome:
     prompt_tokens: int | None
     output_tokens: int | None
     text: str
+    response_id: str = ""  # the API's "id": vLLM's request id is it plus suffixes
 
 
 def make_client(
@@ -145,6 +146,7 @@ async def stream_request(
     usage: dict[str, Any] | None = None
     counted = 0
     pieces: list[str] = []
+    response_id = ""
     async with client.stream("POST", path, json=body) as resp:
         await _raise_for_status(resp)
         async for line in resp.aiter_lines():
@@ -158,6 +160,7 @@ async def stream_request(
                 continue
             if "error" in chunk and not chunk.get("choices"):
                 raise RequestFailed(f"stream error: {json.dumps(chunk['error'])[:300]}")
+            response_id = response_id or str(chunk.get("id") or "")
             if chunk_has_token(chunk):
                 if first is None:
                     first = time.perf_counter()
@@ -176,6 +179,7 @@ async def stream_request(
         prompt_tokens=prompt_tokens,
         output_tokens=output_tokens if output_tokens is not None else counted,
         text="".join(pieces),
+        response_id=response_id,
     )
 
 

@@ -193,6 +193,7 @@ class _Runner:
             rec.prompt_tokens = out.prompt_tokens
             rec.output_tokens = out.output_tokens
             rec.text = out.text
+            rec.response_id = out.response_id
             rec.ok = out.ttft_s is not None
             if not rec.ok:
                 rec.error = "stream ended without a token"
@@ -203,8 +204,9 @@ class _Runner:
         prompts: Sequence[wl.Prompt],
         doc_indices: Sequence[int],
         forced: Sequence[bool] | None = None,
-    ) -> tuple[list[RequestRecord], float]:
-        """All ``prompts`` with bounded concurrency; returns the records and the wall time."""
+    ) -> tuple[list[RequestRecord], float, float]:
+        """All ``prompts`` with bounded concurrency: the records, the wall time, the start's
+        unix time."""
         total = len(prompts)
         records = [
             RequestRecord(
@@ -214,6 +216,7 @@ class _Runner:
         ]
         done = 0
         self._progress(name, 0, total)
+        started_at = time.time()
         t0 = time.perf_counter()
 
         async def task(i: int) -> None:
@@ -227,7 +230,7 @@ class _Runner:
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
-        return records, elapsed
+        return records, elapsed, started_at
 
 
 async def run_benchmark_async(
@@ -267,22 +270,24 @@ async def run_benchmark_async(
 
         if effective.prewarm:
             pre = wl.prewarm_prompts(token_ids)
-            recs, _ = await runner.run_round(PREWARM, pre, [-1] * len(pre))
+            recs, _, _ = await runner.run_round(PREWARM, pre, [-1] * len(pre))
             if not any(r.ok for r in recs):
                 raise BenchError(f"every pre-warm request failed: {recs[0].error}")
 
-        recs, elapsed = await runner.run_round(WARMUP, work.warmup, list(range(len(work.warmup))))
+        recs, elapsed, at = await runner.run_round(
+            WARMUP, work.warmup, list(range(len(work.warmup)))
+        )
         result.records.extend(recs)
-        result.rounds[WARMUP] = RoundStats.from_records(WARMUP, elapsed, recs)
+        result.rounds[WARMUP] = RoundStats.from_records(WARMUP, elapsed, recs, at)
 
         if effective.sleep_time_after_warmup > 0:
             runner._check_stop()
             await asyncio.sleep(effective.sleep_time_after_warmup)
 
         for q in work.queries:
-            recs, elapsed = await runner.run_round(q.name, q.prompts, q.docs, q.forced)
+            recs, elapsed, at = await runner.run_round(q.name, q.prompts, q.docs, q.forced)
             result.records.extend(recs)
-            result.rounds[q.name] = RoundStats.from_records(q.name, elapsed, recs)
+            result.rounds[q.name] = RoundStats.from_records(q.name, elapsed, recs, at)
         return result
 
 

@@ -41,6 +41,7 @@ class RequestRecord:
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     text: str = ""  # generated text (kept out of the CSV)
+    response_id: str = ""  # the API's response id (JSON only), to find it in a server trace
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -70,10 +71,16 @@ class RoundStats:
     ttft_p50_s: float
     ttft_p90_s: float
     mean_latency_s: float
+    # Unix time of the round's start: lines request times up with a server-side trace.
+    started_at: float = 0.0
 
     @classmethod
     def from_records(
-        cls, name: str, total_s: float, records: Sequence[RequestRecord]
+        cls,
+        name: str,
+        total_s: float,
+        records: Sequence[RequestRecord],
+        started_at: float = 0.0,
     ) -> RoundStats:
         ttfts = [r.ttft_s for r in records if r.ok and r.ttft_s is not None]
         lats = [r.latency_s for r in records if r.ok and r.latency_s is not None]
@@ -86,6 +93,7 @@ class RoundStats:
             ttft_p50_s=percentile(ttfts, 50),
             ttft_p90_s=percentile(ttfts, 90),
             mean_latency_s=_mean(lats),
+            started_at=started_at,
         )
 
     @property

@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterable
 
 from kvpanel.cache.keys import ChunkKey, Fingerprint, chunk_key
 from kvpanel.cache.store import LookupState, TieredStore
+from kvpanel.vllm_ext import trace
 from kvpanel.vllm_ext.compat import (
     BlockIDsLoadStoreSpec,
     LoadStoreSpec,
@@ -58,6 +59,7 @@ class KvpanelManager(OffloadingManager):
         seen = self._answered.get(req_id)
         if seen is None:
             seen = self._answered[req_id] = set()
+            trace.emit("ask", req=req_id)
             if len(self._answered) > _RECENT_REQUESTS:
                 self._answered.popitem(last=False)
         return seen
@@ -82,12 +84,14 @@ class KvpanelManager(OffloadingManager):
         return _LOOKUP[state]
 
     def prepare_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> LoadStoreSpec:
+        trace.emit("admit", req=req_context.req_id, chunks=len(keys))
         return SlotSpec(self.store.acquire(self._keys(keys)))
 
     def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
         self.store.touch(self._keys(keys))
 
     def complete_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
+        trace.emit("loaded", req=req_context.req_id)
         self.store.release(self._keys(keys))
 
     def prepare_store(

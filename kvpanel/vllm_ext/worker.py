@@ -21,7 +21,7 @@ import torch
 
 from kvpanel import kernels
 from kvpanel.cache.store import TieredStore
-from kvpanel.vllm_ext import runtime
+from kvpanel.vllm_ext import runtime, trace
 from kvpanel.vllm_ext.compat import (
     BlockIDsLoadStoreSpec,
     CanonicalKVCaches,
@@ -135,6 +135,7 @@ class KvpanelWorker(OffloadingWorker):
         if end_event is not None:
             end_event.record(stream)
         cpu_seconds = time.perf_counter() - started
+        trace.emit("submit", job=job_id, load=not to_slots, bytes=nbytes, host_s=cpu_seconds)
         self._jobs.append(_Job(job_id, nbytes, not to_slots, cpu_seconds, start_event, end_event))
         return True
 
@@ -147,6 +148,7 @@ class KvpanelWorker(OffloadingWorker):
         return self._run(job_id, self._plan(dst_spec, src_spec), to_slots=False)
 
     def get_finished(self) -> list[TransferResult]:
+        trace.emit("step")
         results = []
         pending = []
         for job in self._jobs:  # two streams: jobs may finish out of submission order
@@ -160,6 +162,7 @@ class KvpanelWorker(OffloadingWorker):
             self.store.record_transfer(
                 job.nbytes, seconds, load=job.is_load, host_seconds=job.cpu_seconds
             )
+            trace.emit("done", job=job.job_id, gpu_s=seconds)
             results.append(TransferResult(job.job_id, True, job.nbytes, seconds))
         self._jobs = pending
         return results
@@ -174,3 +177,4 @@ class KvpanelWorker(OffloadingWorker):
             if stream is not None:
                 stream.synchronize()
         self._jobs.clear()
+        trace.flush()

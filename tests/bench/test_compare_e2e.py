@@ -64,8 +64,10 @@ LMCACHE_MISSING = importlib.util.find_spec("lmcache") is None
 MODES = ["vanilla", "native", *(["lmcache"] if LMCACHE_MISSING else []), "kvpanel"]
 
 
-def kvpanel(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+def kvpanel(
+    *args: str, cwd: Path, timeout: float, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, **(env_extra or {}))
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run(
@@ -98,6 +100,7 @@ def test_compare_vanilla_native_kvpanel_on_cpu(tiny_llama, tmp_path):  # noqa: F
         str(out),
         cwd=tmp_path,
         timeout=840,
+        env_extra={"KVPANEL_TRACE": str(tmp_path / "trace.jsonl")},  # only kvpanel's mode writes
     )
     print(proc.stdout)
     print(proc.stderr[-4000:], file=sys.stderr)
@@ -152,6 +155,17 @@ def test_compare_vanilla_native_kvpanel_on_cpu(tiny_llama, tmp_path):  # noqa: F
     # kvpanel served its query round from its CPU tier: the last status line says so.
     last = modes["kvpanel"]["last_status"]
     assert last and last["tiers"]["cpu"]["hits"] > 0, last
+    # ...and its trace (KVPANEL_TRACE) shows those loads under vLLM's ids for the requests.
+    events = [json.loads(x) for x in (tmp_path / "trace.jsonl").read_text().splitlines()]
+    loaded = {e["req"] for e in events if e["ev"] == "loaded"}
+    query = [r for r in modes["kvpanel"]["result"]["records"] if r["round"] == "query"]
+    assert all(r["response_id"] for r in query), query
+    served = [r for r in query if any(q.startswith(r["response_id"] + "-") for q in loaded)]
+    assert served, (sorted(loaded), [r["response_id"] for r in query])
+    started = modes["kvpanel"]["result"]["rounds"]["query"]["started_at"]
+    admits = [e["t"] for e in events if e["ev"] == "admit"]
+    assert any(t >= started for t in admits)  # one clock: the query round's loads come after it
+    assert sum(1 for e in events if e["ev"] == "submit" and e["load"]) >= len(served)
 
     # The per-mode files.
     for name in ("vanilla", "kvpanel"):

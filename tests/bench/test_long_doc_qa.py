@@ -30,6 +30,9 @@ def test_rounds_records_and_progress() -> None:
     assert [r.doc_index for r in result.round_records(WARMUP)] == [0, 1, 2]
     assert sorted(r.doc_index for r in result.round_records(QUERY)) == [0, 0, 1, 1, 2, 2]
     assert all(r.ok and r.output_tokens == 3 and r.ttft_s is not None for r in result.records)
+    assert all(r.response_id == "x" for r in result.records)  # the fake server's "id"
+    assert result.started_at <= w.started_at < q.started_at  # unix times, round by round
+    assert q.started_at - w.started_at >= w.total_s * 0.99
     assert max_inflight <= 2
     assert len(bodies) == PREWARM_COUNT + 9
     assert all(b["_path"] == "/v1/chat/completions" for b in bodies)

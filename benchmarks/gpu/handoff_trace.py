@@ -1,0 +1,126 @@
+"""Where a query round's time goes, request by request: the client's times beside kvpanel's trace.
+
+    python benchmarks/gpu/handoff_trace.py COMPARE.json TRACE.jsonl [--mode kvpanel]
+
+COMPARE.json is a ``kvpanel bench ... --output`` file (its rounds carry ``started_at``);
+TRACE.jsonl the server's ``KVPANEL_TRACE`` file (kvpanel/vllm_ext/trace.py). Server and client
+ran on one host, so both clocks are ``time.time()``.
+
+Per query round, every request in order of its first token, in ms from the round's start:
+``ask`` (its first lookup: it reached the head of vLLM's queue), ``admit`` (load admitted),
+``sub`` (load enqueued: host done), ``gpu`` (the load's end event seen done), ``loaded`` (vLLM
+told the scheduler), ``tok`` (first token at the client), ``end`` (last token at the client).
+``prev_end`` is the last client-side end before the admission: for a request that waited for
+GPU room, the finish that let it in. Requests are found in the trace by their API response id
+(vLLM's request id is it plus suffixes); admissions pair with load jobs in order (one process,
+FIFO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def load_events(path: Path) -> list[dict]:
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sorted(events, key=lambda e: e["t"])
+
+
+def round_view(result: dict, name: str, events: list[dict]) -> list[dict] | None:
+    stats = result["rounds"][name]
+    t0 = stats.get("started_at") or 0.0
+    recs = [r for r in result["records"] if r["round"] == name and r["ok"]]
+    if not t0 or not all(r.get("response_id") for r in recs):
+        return None
+    ms = lambda t: None if t is None else round((t - t0) * 1e3, 1)  # noqa: E731
+    by_req: dict[str, dict[str, dict]] = {}
+    for e in events:
+        if "req" in e:
+            by_req.setdefault(e["req"], {}).setdefault(e["ev"], e)
+    admits = [e for e in events if e["ev"] == "admit"]
+    loads = [e for e in events if e["ev"] == "submit" and e["load"]]
+    job_of = {id(a): s for a, s in zip(admits, loads, strict=False)}
+    done = {e["job"]: e for e in events if e["ev"] == "done"}
+    ends = sorted(t0 + r["start_s"] + r["latency_s"] for r in recs)
+    rows = []
+    for r in sorted(recs, key=lambda r: r["start_s"] + r["ttft_s"]):
+        rid = next(
+            (k for k in by_req if k == r["response_id"] or k.startswith(r["response_id"] + "-")),
+            None,
+        )
+        evs = by_req.get(rid, {}) if rid else {}
+        adm = evs.get("admit")
+        sub = job_of.get(id(adm)) if adm else None
+        fin = done.get(sub["job"]) if sub else None
+        prev = [t for t in ends if adm and t <= adm["t"]]
+        rows.append(
+            {
+                "ask": ms(evs["ask"]["t"]) if "ask" in evs else None,
+                "prev_end": ms(prev[-1]) if prev else None,
+                "admit": ms(adm["t"]) if adm else None,
+                "chunks": adm["chunks"] if adm else 0,
+                "sub": ms(sub["t"]) if sub else None,
+                "host_ms": round(sub["host_s"] * 1e3, 2) if sub else None,
+                "gpu": ms(fin["t"]) if fin else None,
+                "gpu_ms": round(fin["gpu_s"] * 1e3, 2) if fin else None,
+                "loaded": ms(evs["loaded"]["t"]) if "loaded" in evs else None,
+                "tok": round((r["start_s"] + r["ttft_s"]) * 1e3, 1),
+                "end": round((r["start_s"] + r["latency_s"]) * 1e3, 1),
+            }
+        )
+    steps = [e["t"] for e in events if e["ev"] == "step" and t0 <= e["t"] <= t0 + stats["total_s"]]
+    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    if gaps:
+        rows.append(
+            {"steps": len(steps), "step_ms_median": round(statistics.median(gaps) * 1e3, 2)}
+        )
+    return rows
+
+
+def gaps(rows: list[dict]) -> dict[str, float]:
+    """Median ms between the stages, over requests that have both ends."""
+    pairs = [
+        ("prev_end", "admit"),
+        ("ask", "admit"),
+        ("admit", "sub"),
+        ("sub", "gpu"),
+        ("gpu", "loaded"),
+        ("loaded", "tok"),
+        ("prev_end", "tok"),
+        ("tok", "end"),
+    ]
+    out = {}
+    for a, b in pairs:
+        d = [r[b] - r[a] for r in rows if r.get(a) is not None and r.get(b) is not None]
+        if d:
+            out[f"{a}->{b}"] = round(statistics.median(d), 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("compare_json", type=Path)
+    ap.add_argument("trace", type=Path)
+    ap.add_argument("--mode", default="kvpanel")
+    args = ap.parse_args()
+    doc = json.loads(args.compare_json.read_text())
+    mode = next(m for m in doc["modes"] if m["mode"] == args.mode)
+    result = mode["result"]
+    events = load_events(args.trace)
+    names = [n for n in result["rounds"] if n.startswith("query")]
+    for name in names:
+        rows = round_view(result, name, events)
+        if rows is None:
+            print(f"{name}: no round start or response ids in the result (an older run)")
+            continue
+        print(f"== {name}")
+        for r in rows:
+            print("  " + "  ".join(f"{k}={v}" for k, v in r.items()))
+        print("  median gaps (ms):", json.dumps(gaps([r for r in rows if "tok" in r])))
+
+
+if __name__ == "__main__":
+    main()
