@@ -9,7 +9,9 @@ ran on one host, so both clocks are ``time.time()``.
 Per query round, every request in order of its first token, in ms from the round's start:
 ``ask`` (its first lookup: it reached the head of vLLM's queue), ``admit`` (load admitted),
 ``sub`` (load enqueued: host done), ``gpu`` (the load's end event seen done), ``loaded`` (vLLM
-told the scheduler), ``tok`` (first token at the client), ``end`` (last token at the client).
+told the scheduler), ``pre`` (the scheduler step that gave it its prompt's remaining tokens),
+``out1`` (its first token left the scheduler), ``tok`` (first token at the client), ``fin``
+(finished in the scheduler), ``end`` (last token at the client).
 ``prev_end`` is the last client-side end before the admission: for a request that waited for
 GPU room, the finish that let it in. Requests are found in the trace by their API response id
 (vLLM's request id is it plus suffixes); admissions pair with load jobs in order (one process,
@@ -40,6 +42,11 @@ def round_view(result: dict, name: str, events: list[dict]) -> list[dict] | None
     for e in events:
         if "req" in e:
             by_req.setdefault(e["req"], {}).setdefault(e["ev"], e)
+    prefills: dict[str, float] = {}
+    for e in events:
+        if e["ev"] == "sched":
+            for req in e["prefill"]:
+                prefills[req] = e["t"]  # the last one: after a load, the step that finishes it
     admits = [e for e in events if e["ev"] == "admit"]
     loads = [e for e in events if e["ev"] == "submit" and e["load"]]
     job_of = {id(a): s for a, s in zip(admits, loads, strict=False)}
@@ -67,7 +74,10 @@ def round_view(result: dict, name: str, events: list[dict]) -> list[dict] | None
                 "gpu": ms(fin["t"]) if fin else None,
                 "gpu_ms": round(fin["gpu_s"] * 1e3, 2) if fin else None,
                 "loaded": ms(evs["loaded"]["t"]) if "loaded" in evs else None,
+                "pre": ms(prefills[rid]) if rid in prefills else None,
+                "out1": ms(evs["out1"]["t"]) if "out1" in evs else None,
                 "tok": round((r["start_s"] + r["ttft_s"]) * 1e3, 1),
+                "fin": ms(evs["fin"]["t"]) if "fin" in evs else None,
                 "end": round((r["start_s"] + r["latency_s"]) * 1e3, 1),
             }
         )
@@ -88,9 +98,13 @@ def gaps(rows: list[dict]) -> dict[str, float]:
         ("admit", "sub"),
         ("sub", "gpu"),
         ("gpu", "loaded"),
+        ("loaded", "pre"),
+        ("pre", "out1"),
+        ("out1", "tok"),
         ("loaded", "tok"),
         ("prev_end", "tok"),
         ("tok", "end"),
+        ("fin", "end"),
     ]
     out = {}
     for a, b in pairs:

@@ -17,7 +17,7 @@ from pathlib import Path
 from kvpanel.cache.keys import Fingerprint
 from kvpanel.cache.store import TieredStore
 from kvpanel.settings import CacheSettings
-from kvpanel.vllm_ext import compat, runtime
+from kvpanel.vllm_ext import compat, runtime, trace
 from kvpanel.vllm_ext.compat import (
     CanonicalKVCaches,
     OffloadingConfig,
@@ -76,6 +76,7 @@ class KvpanelOffloadingSpec(OffloadingSpec):
         # Before vLLM 0.26's engine core draws its NONE_HASH (after the worker, which builds
         # this spec first): block hashes, and so disk/Redis keys, must survive restarts.
         compat.ensure_deterministic_block_hashes()
+        trace.install_engine_probe()  # KVPANEL_TRACE only: vLLM's side of each handoff
         self.settings = CacheSettings.from_extra_config(self.extra_config)
         if config.parallel.world_size != 1:
             raise ValueError(

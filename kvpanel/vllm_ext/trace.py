@@ -11,6 +11,14 @@ Events (``ev``):
     submit  - worker: a job was enqueued (``job``, ``load``, ``bytes``, ``host_s``)
     done    - worker: its end event was seen (``job``, ``gpu_s``: start to end event)
     step    - worker: ``get_finished`` was called (once per engine step)
+    sched   - vLLM's scheduler made a step (``prefill``: request -> tokens, for those given
+              more than one token; ``n``: requests in the step)        [engine probe]
+    out1    - a request's first output token left vLLM's scheduler        [engine probe]
+    fin     - a request finished in vLLM's scheduler                      [engine probe]
+
+The engine probe (``install_engine_probe``, called by the spec when the trace is on) wraps
+two methods of vLLM's ``Scheduler`` class; it exists to see vLLM's side of a handoff, is
+never installed without ``KVPANEL_TRACE``, and turns itself off if those methods moved.
 
 Lines are buffered and written every ``_FLUSH_EVERY`` events and at exit, so the engine loop
 pays a list append per event.
@@ -75,3 +83,42 @@ def emit(ev: str, **fields: Any) -> None:
 
 def flush() -> None:
     _trace.flush()
+
+
+def install_engine_probe() -> None:
+    """With the trace on, emit ``sched`` / ``out1`` / ``fin`` from vLLM's scheduler (once)."""
+    if not enabled():
+        return
+    try:
+        from vllm.v1.core.sched.scheduler import Scheduler
+    except ImportError:
+        return
+    if getattr(Scheduler, "_kvpanel_probe", False):
+        return
+    schedule, update = Scheduler.schedule, Scheduler.update_from_output
+    started: set[str] = set()
+
+    def probed_schedule(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = schedule(self, *args, **kwargs)
+        tokens = getattr(out, "num_scheduled_tokens", None) or {}
+        emit("sched", prefill={r: n for r, n in tokens.items() if n > 1}, n=len(tokens))
+        return out
+
+    def probed_update(self: Any, *args: Any, **kwargs: Any) -> Any:
+        outs = update(self, *args, **kwargs)
+        for eco in (outs or {}).values():
+            for o in getattr(eco, "outputs", ()):
+                rid = getattr(o, "request_id", None)
+                if rid is None:
+                    continue
+                if getattr(o, "new_token_ids", None) and rid not in started:
+                    started.add(rid)
+                    emit("out1", req=rid)
+                if getattr(o, "finish_reason", None) is not None:
+                    started.discard(rid)
+                    emit("fin", req=rid)
+        return outs
+
+    Scheduler.schedule = probed_schedule  # type: ignore[method-assign]
+    Scheduler.update_from_output = probed_update  # type: ignore[method-assign]
+    Scheduler._kvpanel_probe = True  # type: ignore[attr-defined]
