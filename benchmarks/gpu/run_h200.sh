@@ -12,6 +12,7 @@
 #       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default),
 #       ENGINE_EXTRA="..." appends vLLM flags to every mode, QUERY_ROUNDS=N runs the query
 #       round N times per server start (--query-rounds; default 1, LMCache's benchmark),
+#       BENCH_EXTRA="..." appends kvpanel bench flags (e.g. --token-ids),
 #       TRACE=1 writes kvpanel's event trace (KVPANEL_TRACE) and prints handoff_trace.py's
 #       per-request view of it into NAME.txt (the trace itself goes into the logs' archive).
 set -uo pipefail
@@ -91,7 +92,7 @@ PY
       --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
       --completions --cpu-cache-gb 40 --kv-cache-memory "$KV" --query-rounds "${QUERY_ROUNDS:-1}" \
       --engine-args "--load-format dummy --max-model-len 32768 $EXTRA" \
-      --no-progress --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -40
+      --no-progress ${BENCH_EXTRA:-} --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -40
     # Where each mode's start-up went (vLLM's own timing lines).
     grep -hE "took|takes|finished in|KV cache size|Maximum concurrency|pinned" \
       "$OUT"/serve-*.log 2>/dev/null | cut -c1-220 | head -40 \
