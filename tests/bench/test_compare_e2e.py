@@ -166,6 +166,21 @@ def test_compare_vanilla_native_kvpanel_on_cpu(tiny_llama, tmp_path):  # noqa: F
     admits = [e["t"] for e in events if e["ev"] == "admit"]
     assert any(t >= started for t in admits)  # one clock: the query round's loads come after it
     assert sum(1 for e in events if e["ev"] == "submit" and e["load"]) >= len(served)
+    # benchmarks/gpu/handoff_trace.py lines the two up: each served request's stages in order.
+    spec = importlib.util.spec_from_file_location(
+        "handoff_trace", Path(__file__).parents[2] / "benchmarks" / "gpu" / "handoff_trace.py"
+    )
+    assert spec and spec.loader
+    handoff = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(handoff)
+    rows = handoff.round_view(
+        modes["kvpanel"]["result"], "query", handoff.load_events(tmp_path / "trace.jsonl")
+    )
+    loaded_rows = [r for r in rows if r.get("loaded") is not None]
+    assert len(loaded_rows) == len(served), rows
+    for r in loaded_rows:  # one clock, one request: the stages come in this order
+        assert r["ask"] <= r["admit"] <= r["sub"] <= r["gpu"] <= r["loaded"] <= r["pre"], r
+        assert r["pre"] <= r["out1"] <= r["tok"] <= r["end"] and r["out1"] <= r["fin"], r
 
     # The per-mode files.
     for name in ("vanilla", "kvpanel"):
