@@ -7,6 +7,7 @@ window) logic; kvpanel plugs in as an out-of-tree ``OffloadingSpec`` (``spec_mod
     manager.KvpanelManager         - scheduler side: lookup / load / store bookkeeping on the store
     worker.KvpanelWorker           - worker side: copies between vLLM's paged KV and store slots
     runtime                        - the per-process TieredStore both halves share
+    trace                          - the opt-in KVPANEL_TRACE event trace (where time goes)
     compat                         - every vLLM version difference (0.26 .. 0.33) lives here
     kv_transfer_config(settings)   - the ``--kv-transfer-config`` dict that selects all of this
 

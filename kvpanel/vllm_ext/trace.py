@@ -93,9 +93,10 @@ def install_engine_probe() -> None:
         from vllm.v1.core.sched.scheduler import Scheduler
     except ImportError:
         return
-    if getattr(Scheduler, "_kvpanel_probe", False):
+    schedule = getattr(Scheduler, "schedule", None)
+    update = getattr(Scheduler, "update_from_output", None)
+    if schedule is None or update is None or getattr(Scheduler, "_kvpanel_probe", False):
         return
-    schedule, update = Scheduler.schedule, Scheduler.update_from_output
     started: set[str] = set()
 
     def probed_schedule(self: Any, *args: Any, **kwargs: Any) -> Any:
