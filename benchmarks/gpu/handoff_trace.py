@@ -12,10 +12,11 @@ Per query round, every request in order of its first token, in ms from the round
 told the scheduler), ``pre`` (the scheduler step that gave it its prompt's remaining tokens),
 ``out1`` (its first token left the scheduler), ``tok`` (first token at the client), ``fin``
 (finished in the scheduler), ``end`` (last token at the client).
-``prev_end`` is the last client-side end before the admission: for a request that waited for
-GPU room, the finish that let it in. Requests are found in the trace by their API response id
-(vLLM's request id is it plus suffixes); admissions pair with load jobs in order (one process,
-FIFO).
+``prev_end`` is the last client-side end before the admission (without kvpanel's events, as
+for vLLM's native offload under ``benchmarks/gpu/probe_site``: before the prefill): for a
+request that waited for GPU room, the finish that let it in. Requests are found in the trace
+by their API response id (vLLM's request id is it plus suffixes); admissions pair with load
+jobs in order (one process, FIFO).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def round_view(result: dict, name: str, events: list[dict]) -> list[dict] | None
         adm = evs.get("admit")
         sub = job_of.get(id(adm)) if adm else None
         fin = done.get(sub["job"]) if sub else None
-        prev = [t for t in ends if adm and t <= adm["t"]]
+        anchor = adm["t"] if adm else prefills.get(rid) if rid else None
+        prev = [t for t in ends if anchor is not None and t <= anchor]
         rows.append(
             {
                 "ask": ms(evs["ask"]["t"]) if "ask" in evs else None,
@@ -94,6 +96,7 @@ def gaps(rows: list[dict]) -> dict[str, float]:
     """Median ms between the stages, over requests that have both ends."""
     pairs = [
         ("prev_end", "admit"),
+        ("prev_end", "pre"),
         ("ask", "admit"),
         ("admit", "sub"),
         ("sub", "gpu"),
@@ -118,22 +121,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("compare_json", type=Path)
     ap.add_argument("trace", type=Path)
-    ap.add_argument("--mode", default="kvpanel")
+    ap.add_argument("--mode", default=None, help="one mode of the file (default: each)")
     args = ap.parse_args()
     doc = json.loads(args.compare_json.read_text())
-    mode = next(m for m in doc["modes"] if m["mode"] == args.mode)
-    result = mode["result"]
     events = load_events(args.trace)
-    names = [n for n in result["rounds"] if n.startswith("query")]
-    for name in names:
-        rows = round_view(result, name, events)
-        if rows is None:
-            print(f"{name}: no round start or response ids in the result (an older run)")
+    for mode in doc["modes"]:
+        if mode.get("result") is None or args.mode not in (None, mode["mode"]):
             continue
-        print(f"== {name}")
-        for r in rows:
-            print("  " + "  ".join(f"{k}={v}" for k, v in r.items()))
-        print("  median gaps (ms):", json.dumps(gaps([r for r in rows if "tok" in r])))
+        result = mode["result"]
+        for name in [n for n in result["rounds"] if n.startswith("query")]:
+            rows = round_view(result, name, events)
+            if rows is None:
+                print(f"{mode['mode']} {name}: no round start or response ids (an older run)")
+                continue
+            print(f"== {mode['mode']} {name}")
+            for r in rows:
+                print("  " + "  ".join(f"{k}={v}" for k, v in r.items()))
+            print("  median gaps (ms):", json.dumps(gaps([r for r in rows if "tok" in r])))
 
 
 if __name__ == "__main__":

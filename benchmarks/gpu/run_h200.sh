@@ -14,7 +14,8 @@
 #       round N times per server start (--query-rounds; default 1, LMCache's benchmark),
 #       BENCH_EXTRA="..." appends kvpanel bench flags (e.g. --token-ids),
 #       TRACE=1 writes kvpanel's event trace (KVPANEL_TRACE) and prints handoff_trace.py's
-#       per-request view of it into NAME.txt (the trace itself goes into the logs' archive).
+#       per-request view of it into NAME.txt (the trace itself goes into the logs' archive);
+#       PROBE=1 with it: benchmarks/gpu/probe_site traces vLLM's scheduler in every mode.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/kvpanel-out}
@@ -87,6 +88,7 @@ PY
     [ "${EAGER:-0}" = 1 ] && EXTRA="$EXTRA --enforce-eager"
     NAME="$1${TAG:+-$TAG}"
     [ "${TRACE:-0}" = 1 ] && export KVPANEL_TRACE="$OUT/serve-trace-$NAME.log"
+    [ "${PROBE:-0}" = 1 ] && export PYTHONPATH="$PWD/benchmarks/gpu/probe_site:$PYTHONPATH"
     python -m kvpanel.cli bench long-doc-qa --compare "$MODES" \
       --model "$M" --num-documents 20 --document-length 20000 --output-len 50 \
       --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
