@@ -48,6 +48,8 @@ def round_view(result: dict, name: str, events: list[dict]) -> list[dict] | None
         if e["ev"] == "sched":
             for req in e["prefill"]:
                 prefills[req] = e["t"]  # the last one: after a load, the step that finishes it
+            for req in e.get("new") or ():  # first computed (traces before "new": prefill only)
+                prefills[req] = e["t"]
     admits = [e for e in events if e["ev"] == "admit"]
     loads = [e for e in events if e["ev"] == "submit" and e["load"]]
     job_of = {id(a): s for a, s in zip(admits, loads, strict=False)}

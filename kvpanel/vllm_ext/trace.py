@@ -11,7 +11,8 @@ Events (``ev``):
     submit  - worker: a job was enqueued (``job``, ``load``, ``bytes``, ``host_s``)
     done    - worker: its end event was seen (``job``, ``gpu_s``: start to end event)
     step    - worker: ``get_finished`` was called (once per engine step)
-    sched   - vLLM's scheduler made a step (``prefill``: request -> tokens, for those given
+    sched   - vLLM's scheduler made a step (``new``: requests computed for the first time,
+              e.g. right after their load; ``prefill``: request -> tokens, for those given
               more than one token; ``n``: requests in the step)        [engine probe]
     out1    - a request's first output token left vLLM's scheduler        [engine probe]
     fin     - a request finished in vLLM's scheduler                      [engine probe]
@@ -20,8 +21,9 @@ The engine probe (``install_engine_probe``, called by the spec when the trace is
 two methods of vLLM's ``Scheduler`` class; it exists to see vLLM's side of a handoff, is
 never installed without ``KVPANEL_TRACE``, and turns itself off if those methods moved.
 
-Lines are buffered and written every ``_FLUSH_EVERY`` events and at exit, so the engine loop
-pays a list append per event.
+Lines are buffered and written every ``_FLUSH_EVERY`` events, every ``_FLUSH_S`` seconds (a
+daemon thread: vLLM's engine process may end without running ``atexit``) and at exit, so the
+engine loop pays a list append per event.
 """
 
 from __future__ import annotations
@@ -35,39 +37,52 @@ from typing import Any
 
 ENV = "KVPANEL_TRACE"
 _FLUSH_EVERY = 512
+_FLUSH_S = 0.5
 
 
 class _Trace:
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, flush_s: float | None = _FLUSH_S):
         self.path = path
         self._lines: list[str] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         if path:
             atexit.register(self.flush)
+            if flush_s:
+                threading.Thread(
+                    target=self._flush_loop, args=(flush_s,), name="kvpanel-trace", daemon=True
+                ).start()
+
+    def _flush_loop(self, every_s: float) -> None:
+        while self.path:
+            time.sleep(every_s)
+            self.flush()
 
     def emit(self, ev: str, **fields: Any) -> None:
         if not self.path:
             return
         fields["ev"] = ev
         fields["t"] = time.time()
+        line = json.dumps(fields)
         with self._lock:
-            self._lines.append(json.dumps(fields))
-            if len(self._lines) >= _FLUSH_EVERY:
-                self._write()
+            self._lines.append(line)
+            full = len(self._lines) >= _FLUSH_EVERY
+        if full:
+            self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            self._write()
-
-    def _write(self) -> None:
-        if not self._lines or not self.path:
-            return
-        try:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write("\n".join(self._lines) + "\n")
-        except OSError:  # a trace must never take the engine down
-            self.path = None
-        self._lines.clear()
+        # Written outside the buffer's lock: an emit waits for the file only when its line
+        # fills the buffer (the timer thread writes the rest).
+        with self._write_lock:
+            with self._lock:
+                lines, self._lines = self._lines, []
+            if not lines or not self.path:
+                return
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write("\n".join(lines) + "\n")
+            except OSError:  # a trace must never take the engine down
+                self.path = None
 
 
 _trace = _Trace(os.environ.get(ENV) or None)
@@ -102,7 +117,9 @@ def install_engine_probe() -> None:
     def probed_schedule(self: Any, *args: Any, **kwargs: Any) -> Any:
         out = schedule(self, *args, **kwargs)
         tokens = getattr(out, "num_scheduled_tokens", None) or {}
-        emit("sched", prefill={r: n for r, n in tokens.items() if n > 1}, n=len(tokens))
+        new = [getattr(r, "req_id", None) for r in getattr(out, "scheduled_new_reqs", ())]
+        prefill = {r: n for r, n in tokens.items() if n > 1}
+        emit("sched", new=new, prefill=prefill, n=len(tokens))
         return out
 
     def probed_update(self: Any, *args: Any, **kwargs: Any) -> Any:
