@@ -23,7 +23,7 @@ never installed without ``KVPANEL_TRACE``, and turns itself off if those methods
 
 Lines are buffered and written every ``_FLUSH_EVERY`` events, every ``_FLUSH_S`` seconds (a
 daemon thread: vLLM's engine process may end without running ``atexit``) and at exit, so the
-engine loop pays a list append per event.
+engine loop pays a ``json.dumps`` and a list append per event.
 """
 
 from __future__ import annotations
