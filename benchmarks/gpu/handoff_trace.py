@@ -86,10 +86,10 @@ def round_view(result: dict, name: str, events: list[dict]) -> list[dict] | None
             }
         )
     steps = [e["t"] for e in events if e["ev"] == "step" and t0 <= e["t"] <= t0 + stats["total_s"]]
-    gaps = [b - a for a, b in zip(steps, steps[1:], strict=False)]
-    if gaps:
+    step_s = [b - a for a, b in zip(steps, steps[1:], strict=False)]
+    if step_s:
         rows.append(
-            {"steps": len(steps), "step_ms_median": round(statistics.median(gaps) * 1e3, 2)}
+            {"steps": len(steps), "step_ms_median": round(statistics.median(step_s) * 1e3, 2)}
         )
     return rows
 
