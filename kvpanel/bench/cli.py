@@ -200,13 +200,9 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         show_latency_gain=args.expected_latency_gain is not None,
     )
     write_outputs(result, args)
-    if result.failed_requests:
-        first = next(r.error for r in result.records if not r.ok)
-        print(
-            f"ERROR: {result.failed_requests} of {len(result.records)} requests failed "
-            f"(first: {first})",
-            file=sys.stderr,
-        )
+    failure = result.failure()
+    if failure:
+        print(f"ERROR: {failure}", file=sys.stderr)
         return EXIT_FAILED
     return check_gains(result, args)
 

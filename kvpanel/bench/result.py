@@ -147,6 +147,18 @@ class BenchResult:
     def failed_requests(self) -> int:
         return sum(1 for r in self.records if not r.ok)
 
+    def failure(self) -> str | None:
+        """Why this run cannot be used (any failed request), or None.
+
+        A run with some failed requests is failed too: its rounds average over fewer requests
+        (or none), so its times compare with nothing and must not become a baseline.
+        """
+        failed = [r for r in self.records if not r.ok]
+        if not failed:
+            return None
+        first = failed[0].error or "no error message"
+        return f"{len(failed)} of {len(self.records)} requests failed (first: {first})"
+
     def round_records(self, name: str) -> list[RequestRecord]:
         return [r for r in self.records if r.round == name]
 

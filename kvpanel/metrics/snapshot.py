@@ -1,10 +1,11 @@
 """Build the status snapshot (schema in schema.md) from engine totals and tier stats.
 
-Rates (hit rate now, tokens/s, GB/s) are deltas between this build and the previous one, so the
-builder keeps the previous inputs. One builder per server; ``build`` is called by one thread.
+The builder publishes cumulative counters only (hits, misses, bytes, tokens since start, and
+since a tier's last clear); the interval figures (hit rate now, tokens/s, GB/s) come from
+differencing two snapshots (kvpanel.metrics.interval), so each consumer has its own interval.
 
-Primitives: SnapshotBuilder(static).build(totals, tiers, transfers, gpu_blocks) -> dict;
-percentile(values, q).
+Primitives: SnapshotBuilder(static).build(totals, tiers, transfers, gpu_kv_bytes) -> dict;
+SnapshotBuilder.mark_cleared(tier, tier_stats); percentile(values, q).
 """
 
 from __future__ import annotations
@@ -26,18 +27,32 @@ def percentile(values: tuple[float, ...] | list[float], q: float) -> float | Non
     return s[idx]
 
 
-def _rate(now: float, before: float, seconds: float) -> float:
-    return max(0.0, now - before) / seconds if seconds > 0 else 0.0
+def _ratio(hits: int, misses: int) -> float | None:
+    return hits / (hits + misses) if hits + misses > 0 else None
 
 
 class SnapshotBuilder:
     def __init__(self, static: dict[str, Any]):
         self.static = static  # model, config
         self.started = time.time()
-        self._prev_totals: EngineTotals | None = None
-        self._prev_tiers: dict[str, dict[str, Any]] = {}
-        self._prev_transfers: dict[str, float] = {}
-        self._prev_at = time.monotonic()
+        # uptime_s is monotonic: consumers divide counter deltas by its differences.
+        self._started_mono = time.monotonic()
+        self._cleared: dict[str, tuple[int, int, float | None]] = {}  # tier -> (hits, misses, when)
+
+    def mark_cleared(self, tier: str, stats: dict[str, Any]) -> None:
+        """Start the tier's since-clear counts at its counters as they were when cleared."""
+        self._cleared[tier] = (int(stats.get("hits", 0)), int(stats.get("misses", 0)), time.time())
+
+    def _since_clear(self, name: str, row: dict[str, Any]) -> None:
+        hits, misses = int(row.get("hits", 0)), int(row.get("misses", 0))
+        h0, m0, at = self._cleared.get(name, (0, 0, None))
+        if hits < h0 or misses < m0:  # the tier's counters restarted: count from there
+            h0, m0 = 0, 0
+        row["hit_ratio"] = _ratio(hits, misses)
+        row["cleared_at"] = at
+        row["hits_since_clear"] = hits - h0
+        row["misses_since_clear"] = misses - m0
+        row["hit_ratio_since_clear"] = _ratio(hits - h0, misses - m0)
 
     def build(
         self,
@@ -47,11 +62,6 @@ class SnapshotBuilder:
         gpu_kv_bytes: int,
         bench: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        now = time.monotonic()
-        dt = now - self._prev_at
-        prev = self._prev_totals
-        d_queries = totals.prefix_queries - (prev.prefix_queries if prev else 0)
-        d_hits = totals.prefix_hits - (prev.prefix_hits if prev else 0)
         out_tiers: dict[str, dict[str, Any]] = {
             "gpu": {
                 "capacity_bytes": gpu_kv_bytes,
@@ -59,7 +69,7 @@ class SnapshotBuilder:
                 "chunks": 0,
                 "hits": totals.prefix_hits,
                 "misses": totals.prefix_queries - totals.prefix_hits,
-                "hit_rate": d_hits / d_queries if d_queries > 0 else None,
+                "hit_rate": None,
                 "evictions": 0,
                 "bytes_in": 0,
                 "bytes_out": 0,
@@ -71,36 +81,23 @@ class SnapshotBuilder:
             }
         }
         for name, t in tiers.items():
-            before = self._prev_tiers.get(name, {})
-            lookups = (t["hits"] - before.get("hits", 0)) + (t["misses"] - before.get("misses", 0))
             row = dict(t)
             row.pop("name", None)
-            row["hit_rate"] = (t["hits"] - before.get("hits", 0)) / lookups if lookups > 0 else None
-            row["load_gbps"] = _rate(t["bytes_out"], before.get("bytes_out", 0), dt) / 1e9
-            row["store_gbps"] = _rate(t["bytes_in"], before.get("bytes_in", 0), dt) / 1e9
+            row.update(hit_rate=None, load_gbps=0.0, store_gbps=0.0)
             out_tiers[name] = row
         if "cpu" in out_tiers and transfers:
-            # The CPU tier's traffic is the GPU<->CPU copies; report their throughput over the
-            # interval (bytes moved per wall second), the figure an operator compares with PCIe.
-            pt = self._prev_transfers
-            out_tiers["cpu"]["load_gbps"] = (
-                _rate(transfers["load_bytes"], pt.get("load_bytes", 0), dt) / 1e9
-            )
-            out_tiers["cpu"]["store_gbps"] = (
-                _rate(transfers["store_bytes"], pt.get("store_bytes", 0), dt) / 1e9
-            )
             # Cumulative GPU<->CPU copy totals: bytes and busy seconds per direction.
             out_tiers["cpu"]["transfers"] = dict(transfers)
+        for name, row in out_tiers.items():
+            self._since_clear(name, row)
         snap: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "ts": time.time(),
-            "uptime_s": time.time() - self.started,
+            "uptime_s": time.monotonic() - self._started_mono,
+            "interval_s": None,
             **self.static,
             "tiers": out_tiers,
-            "gpu_kv": {
-                "usage": totals.kv_usage,
-                "prefix_hit_rate": d_hits / d_queries if d_queries > 0 else None,
-            },
+            "gpu_kv": {"usage": totals.kv_usage, "prefix_hit_rate": None},
             "ttft_s": {
                 "p50": percentile(totals.ttfts, 50),
                 "p90": percentile(totals.ttfts, 90),
@@ -108,10 +105,10 @@ class SnapshotBuilder:
                 "count": len(totals.ttfts),
             },
             "throughput": {
-                "prompt_tps": _rate(totals.prompt_tokens, prev.prompt_tokens if prev else 0, dt),
-                "generation_tps": _rate(
-                    totals.generation_tokens, prev.generation_tokens if prev else 0, dt
-                ),
+                "prompt_tps": 0.0,
+                "generation_tps": 0.0,
+                "prompt_tokens": totals.prompt_tokens,
+                "generation_tokens": totals.generation_tokens,
             },
             "requests": {
                 "running": totals.running,
@@ -122,6 +119,4 @@ class SnapshotBuilder:
             "gpus": gpus(),
             "bench": bench,
         }
-        self._prev_totals, self._prev_tiers, self._prev_at = totals, tiers, now
-        self._prev_transfers = dict(transfers)
         return snap

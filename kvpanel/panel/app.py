@@ -16,57 +16,35 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
-from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Header, RichLog, TabbedContent, TabPane
 
+from kvpanel.metrics.interval import IntervalWindow
 from kvpanel.panel.backend import BackendError, PanelBackend
 from kvpanel.panel.bench_view import BenchPane
 from kvpanel.panel.css import APP_CSS
-from kvpanel.panel.screens import BenchScreen, ClearScreen, HelpScreen, ResizeScreen
+from kvpanel.panel.messages import (
+    ActionFailed,
+    BenchReady,
+    LogsReady,
+    PollDone,
+    SnapshotReady,
+    TiersChanged,
+)
+from kvpanel.panel.screens import (
+    BenchScreen,
+    ClearScreen,
+    HelpScreen,
+    ResizeScreen,
+    StopServerScreen,
+)
 from kvpanel.panel.themes import BUILTIN_THEMES, DEFAULT_THEME, all_themes, next_theme
 from kvpanel.panel.widgets import EnginePanel, TierTable, TrafficPanel, TtftPanel
 
 HISTORY = 120
 W = TypeVar("W", bound=Widget)
-
-
-class SnapshotReady(Message):
-    def __init__(self, snapshot: dict[str, Any]) -> None:
-        super().__init__()
-        self.snapshot = snapshot
-
-
-class LogsReady(Message):
-    def __init__(self, lines: list[str], next_index: int) -> None:
-        super().__init__()
-        self.lines, self.next_index = lines, next_index
-
-
-class BenchReady(Message):
-    def __init__(self, bench: dict[str, Any] | None) -> None:
-        super().__init__()
-        self.bench = bench
-
-
-class TiersChanged(Message):
-    """A resize/clear succeeded; `tiers` is the server's fresh view of them."""
-
-    def __init__(self, text: str, tiers: dict[str, Any]) -> None:
-        super().__init__()
-        self.text, self.tiers = text, tiers
-
-
-class ActionFailed(Message):
-    def __init__(self, text: str, from_poll: bool = False) -> None:
-        super().__init__()
-        self.text, self.from_poll = text, from_poll
-
-
-class PollDone(Message):
-    pass
 
 
 class KvpanelApp(App[None]):
@@ -81,8 +59,22 @@ class KvpanelApp(App[None]):
         Binding("t", "cycle_theme", "Theme", id="theme", tooltip="Next kvpanel theme"),
         Binding("question_mark", "help", "Help", key_display="?", id="help"),
         Binding("f1", "help", "Help", show=False, id="help-f1"),
-        Binding("q", "quit", "Quit", id="quit"),
+        # Which of each pair is live depends on owns_server (check_action): `kvpanel serve` asks,
+        # then stops the server; `kvpanel attach` only closes this panel.
+        Binding("q", "stop_server", "Stop server", id="stop", tooltip="Ask, then stop the server"),
+        Binding(
+            "q", "leave", "Leave", id="quit", tooltip="Close the panel; the server keeps running"
+        ),
+        Binding("ctrl+c,ctrl+q", "stop_server", "Stop server", show=False, id="stop-keys"),
+        Binding("ctrl+c,ctrl+q", "leave", "Leave", show=False, id="quit-keys"),
     ]
+    QUIT_TEXTS = {
+        "stop_server": (
+            "Stop the server",
+            "Ask, then stop kvpanel serve and its engine (q, ctrl+c)",
+        ),
+        "leave": ("Leave the panel", "Close this panel; the server keeps running (q, ctrl+c)"),
+    }
     COMMAND_TEXTS = {
         "resize": ("Resize a tier", "Change a tier's capacity (r)"),
         "clear_tier": ("Clear a tier", "Drop every chunk of a tier (c)"),
@@ -90,7 +82,6 @@ class KvpanelApp(App[None]):
         "toggle_pause": ("Pause / resume updates", "Freeze the dashboard (p)"),
         "cycle_theme": ("Next kvpanel theme", "Cycle dark, light, high contrast (t)"),
         "help": ("Help", "Keys and what the panels show (? or F1)"),
-        "quit": ("Quit kvpanel", "Leave the panel; the engine keeps running (q)"),
     }
 
     def __init__(
@@ -104,8 +95,13 @@ class KvpanelApp(App[None]):
         autopoll: bool = True,
         theme_dir: Path | None = None,
         handle_sighup: bool = False,
+        owns_server: bool = False,
     ) -> None:
+        """``owns_server``: this panel runs the server (`kvpanel serve`), so quitting stops it."""
         super().__init__()
+        self.owns_server = owns_server
+        self.quit_action = "stop_server" if owns_server else "leave"
+        self.window = IntervalWindow()  # this panel's own interval, whoever else polls
         self.backend = backend
         self.refresh_hz = min(4.0, max(2.0, float(refresh_hz)))
         self.title = title
@@ -114,7 +110,7 @@ class KvpanelApp(App[None]):
         self.handle_sighup = handle_sighup
         self.paused = False
         self.snapshot: dict[str, Any] = {}
-        self.hit_history: dict[str, deque[float]] = {}
+        self.hit_history: dict[str, deque[float | None]] = {}
         self.ttft_history: deque[float] = deque(maxlen=HISTORY)
         self.log_next = 0
         self.bench_active = False
@@ -171,7 +167,8 @@ class KvpanelApp(App[None]):
             self.poll_now()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        for action, (title, help_text) in self.COMMAND_TEXTS.items():
+        commands = {**self.COMMAND_TEXTS, self.quit_action: self.QUIT_TEXTS[self.quit_action]}
+        for action, (title, help_text) in commands.items():
             yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
         for command in super().get_system_commands(screen):
             if command.title not in ("Quit", "Keys", "Theme"):
@@ -210,14 +207,15 @@ class KvpanelApp(App[None]):
 
     async def ingest(self, snap: dict[str, Any]) -> None:
         """Record history from one snapshot and redraw (also used by tests and demos)."""
+        snap = self.window.apply(snap)
         model_changed = snap.get("model") != self.snapshot.get("model")
         self.snapshot = snap
         if model_changed:
             self._update_subtitle()
         for name, tier in snap.get("tiers", {}).items():
             hist = self.hit_history.setdefault(name, deque(maxlen=HISTORY))
-            if tier.get("hit_rate") is not None:
-                hist.append(float(tier["hit_rate"]))
+            rate = tier.get("hit_rate")  # None: no lookups this interval, drawn as a gap
+            hist.append(None if rate is None else float(rate))
         p50 = snap.get("ttft_s", {}).get("p50")
         if p50 is not None:
             self.ttft_history.append(float(p50))
@@ -367,7 +365,23 @@ class KvpanelApp(App[None]):
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
-            self.push_screen(HelpScreen())
+            self.push_screen(HelpScreen(self.QUIT_TEXTS[self.quit_action][1].lower()))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.QUIT_TEXTS:
+            return action == self.quit_action
+        return True
+
+    def action_stop_server(self) -> None:
+        if not isinstance(self.screen, StopServerScreen):
+            self.push_screen(StopServerScreen(), self._stop_chosen)
+
+    def _stop_chosen(self, stop: bool | None) -> None:
+        if stop:
+            self.exit()  # `kvpanel serve` stops the server once its panel has exited
+
+    def action_leave(self) -> None:
+        self.exit()
 
 
-__all__ = ["BUILTIN_THEMES", "KvpanelApp", "SnapshotReady", "ActionFailed"]
+__all__ = ["BUILTIN_THEMES", "KvpanelApp", "SnapshotReady", "ActionFailed", "LogsReady"]

@@ -9,7 +9,7 @@ from textual.containers import Vertical
 from textual.content import Content
 from textual.widgets import DataTable, Label, ProgressBar
 
-from kvpanel.panel.fmt import fmt_seconds
+from kvpanel.panel.fmt import fmt_count, fmt_seconds
 
 # (label, round, key, lower is better)
 METRICS = (
@@ -27,14 +27,27 @@ def _get(result: dict[str, Any] | None, round_name: str, key: str) -> float | No
     return float(value) if isinstance(value, (int, float)) else None
 
 
+CHANGE_WIDTH = 8  # the change column: sign, value and unit of fmt_change always fit
+
+
+def fmt_change(now: float, before: float) -> str:
+    """Relative change in at most CHANGE_WIDTH characters: +41.7%, -97.2%, +31973%, x1.2k."""
+    pct = (now - before) / before * 100
+    if abs(pct) < 1000:
+        return f"{pct:+.1f}%"
+    if abs(pct) < 100_000:
+        return f"{pct:+.0f}%"
+    return "x" + fmt_count(now / before)  # 1000x slower and more: the factor reads better
+
+
 def change_text(now: float | None, before: float | None) -> Content:
-    if now is None or before is None or before == 0:
+    if now is None or before is None or before <= 0:
         return Content("-")
     delta = (now - before) / before
     if abs(delta) < 0.005:
         return Content.from_markup("[$text-muted]±0%[/]")
     color = "$success" if delta < 0 else "$error"  # every metric here is time: lower is better
-    return Content.from_markup(f"[{color}]$d[/]", d=f"{delta * 100:+.1f}%")
+    return Content.from_markup(f"[{color}]$d[/]", d=fmt_change(now, before))
 
 
 class BenchPane(Vertical):
@@ -52,7 +65,8 @@ class BenchPane(Vertical):
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
-        table.add_columns("metric", "this run", "previous run", "change")
+        table.add_columns("metric", "this run", "previous run")
+        table.add_column("change", width=CHANGE_WIDTH)
         self.query_one(ProgressBar).display = False
         table.display = False
 
@@ -75,9 +89,15 @@ class BenchPane(Vertical):
             return
         bar.display = False
         if state == "failed":
+            # A failed run is no measurement: no change figures, and the baseline stays the
+            # last run that finished with every request answered.
             self._running = False
+            self.query_one(DataTable).display = False
             status.update(
-                Content.from_markup("[b $error]failed:[/] $e", e=str(bench.get("error") or "?"))
+                Content.from_markup(
+                    "[b $error]failed[/] (no comparison, not a baseline): $e",
+                    e=str(bench.get("error") or "?"),
+                )
             )
             return
         result = bench.get("result")

@@ -23,9 +23,9 @@ Screen { layout: vertical; background: $background; }
 .col-pct { width: 4; text-align: right; }
 .col-chunks { width: 7; text-align: right; }
 .col-hit { width: 4; text-align: right; }
+.col-hits { width: 6; text-align: right; }
+.col-ratio { width: 5; text-align: right; }
 .col-spark { width: 20; }
-.col-spark > .sparkline--max-color { color: $success; }
-.col-spark > .sparkline--min-color { color: $error 70%; }
 .col-evict { width: 8; text-align: right; }
 .col-load { width: 10; text-align: right; }
 .col-store { width: 10; text-align: right; }

@@ -1,5 +1,6 @@
-"""Modal screens: resize, clear, benchmark parameters, help. They only collect input; the app
-does the backend calls (in thread workers) with what they return via dismiss()."""
+"""Modal screens: resize, clear, benchmark parameters, stop the server, help. They only
+collect input; the app does the backend calls (in thread workers) with what they return via
+dismiss()."""
 
 from __future__ import annotations
 
@@ -261,12 +262,42 @@ change them. All data comes from the control API; nothing here blocks the engine
 [b $accent]c[/]  clear a tier (asks first)
 [b $accent]b[/]  run the long-doc-qa benchmark; results compare with the previous run
 [b $accent]p[/]  pause / resume updates          [b $accent]t[/]  next theme
-[b $accent]?[/]  this help (also F1)              [b $accent]q[/]  quit
+[b $accent]?[/]  this help (also F1)
+[b $accent]q[/]  QUIT_TEXT
 [b $accent]ctrl+p[/]  command palette: every action, searchable
 
 Themes: kvpanel-dark, kvpanel-light, kvpanel-high-contrast, plus *.toml files in
 $KVPANEL_CONFIG_DIR/themes or ~/.config/kvpanel/themes.
 """
+
+
+class StopServerScreen(DialogScreen):
+    """Asks before `q` / ctrl+c stop a server this panel owns; dismisses True to stop."""
+
+    BINDINGS = [
+        Binding("y", "stop", "Stop", id="stop-yes"),
+        Binding("ctrl+c", "stop", "Stop", show=False, id="stop-ctrl-c"),
+        Binding("n,escape", "cancel", "Keep running", id="stop-no"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="stop-dialog"):
+            yield Label("Stop the server? y/n", classes="title")
+            yield Label(
+                "This panel runs the server: stopping flushes the tiers, then ends vLLM and "
+                "every client's requests.",
+                classes="message",
+            )
+            with Horizontal(classes="buttons"):
+                yield Button("Keep running (n)", id="cancel")
+                yield Button("Stop (y)", variant="error", id="stop")
+
+    def action_stop(self) -> None:
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#stop")
+    def _stop(self) -> None:
+        self.dismiss(True)
 
 
 class HelpScreen(DialogScreen):
@@ -275,9 +306,13 @@ class HelpScreen(DialogScreen):
         Binding("escape,q,question_mark,f1", "cancel", "Close", id="close-help"),
     ]
 
+    def __init__(self, quit_text: str = "leave the panel (the server keeps running)") -> None:
+        super().__init__()
+        self.quit_text = quit_text
+
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="help-dialog"):
             yield Label("Help", classes="title")
-            yield Static(Content.from_markup(HELP_TEXT))
+            yield Static(Content.from_markup(HELP_TEXT.replace("QUIT_TEXT", self.quit_text)))
             with Horizontal(classes="buttons"):
                 yield Button("Close", variant="primary", id="cancel")

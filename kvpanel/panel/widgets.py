@@ -29,7 +29,9 @@ TIER_COLUMNS = (
     ("used", "used/capacity"),
     ("pct", "%"),
     ("chunks", "chunks"),
-    ("hit", "hit"),
+    ("hit", "now"),
+    ("hits", "hits"),
+    ("ratio", "ratio"),
     ("spark", "hit history"),
     ("evict", "evicted"),
     ("load", "load"),
@@ -63,6 +65,38 @@ class OccupancyBar(Widget):
         )
 
 
+class HitSparkline(Widget):
+    """Hit rates on a fixed 0..1 scale, newest right, one cell per interval.
+
+    None (no lookups in that interval) and no history at all draw as blank cells: an idle or new
+    tier must not read as a full, 100 % bar.
+    """
+
+    DEFAULT_CSS = "HitSparkline { height: 1; }"
+    BARS = "▁▂▃▄▅▆▇█"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.data: list[float | None] = []
+
+    def set(self, data: Sequence[float | None]) -> None:
+        self.data = list(data)
+        self.refresh()
+
+    def render(self) -> Content:
+        width = max(1, self.size.width)
+        recent = self.data[-width:]
+        parts: list[tuple[str, str] | str] = [" " * (width - len(recent))]
+        for rate in recent:
+            if rate is None:
+                parts.append(" ")
+            else:
+                rate = max(0.0, min(1.0, rate))
+                bar = self.BARS[min(len(self.BARS) - 1, int(rate * len(self.BARS)))]
+                parts.append((bar, "$success" if rate >= 0.5 else "$warning"))
+        return Content.assemble(*parts)
+
+
 class TierHeader(Horizontal):
     def compose(self) -> ComposeResult:
         for cls, text in TIER_COLUMNS:
@@ -81,14 +115,14 @@ class TierRow(Horizontal):
             if cls == "bar":
                 yield OccupancyBar(classes="col col-bar")
             elif cls == "spark":
-                yield Sparkline([], classes="col col-spark")
+                yield HitSparkline(classes="col col-spark")
             else:
                 yield Label(classes=f"col col-{cls}")
 
     def _set(self, cls: str, text: str | Content) -> None:
         self.query_one(f".col-{cls}", Label).update(text)
 
-    def update_from(self, t: dict[str, Any], history: Sequence[float]) -> None:
+    def update_from(self, t: dict[str, Any], history: Sequence[float | None]) -> None:
         cap, used = int(t.get("capacity_bytes", 0)), int(t.get("used_bytes", 0))
         frac = used / cap if cap else 0.0
         healthy = bool(t.get("healthy", True))
@@ -98,7 +132,12 @@ class TierRow(Horizontal):
         self._set("pct", fmt_pct(frac))
         self._set("chunks", fmt_count(t.get("chunks", 0)))
         self._set("hit", fmt_pct(t.get("hit_rate")))
-        self.query_one(Sparkline).data = list(history) or [0.0]
+        # Cumulative since the tier's last clear (since start when never cleared).
+        hits = t.get("hits_since_clear", t.get("hits"))
+        self._set("hits", fmt_count(hits))
+        ratio = t.get("hit_ratio_since_clear", t.get("hit_ratio"))
+        self._set("ratio", fmt_pct(ratio, 1 if ratio is not None and ratio < 0.1 else 0))
+        self.query_one(HitSparkline).set(history)
         self._set("evict", fmt_count(t.get("evictions", 0)))
         self._set("load", f"{float(t.get('load_gbps', 0.0)):.2f} GB/s")
         self._set("store", f"{float(t.get('store_gbps', 0.0)):.2f} GB/s")
@@ -118,7 +157,7 @@ class TierTable(Vertical):
         yield TierHeader(classes="tier-header")
 
     async def update_from(
-        self, tiers: dict[str, Any], history: Mapping[str, Sequence[float]]
+        self, tiers: dict[str, Any], history: Mapping[str, Sequence[float | None]]
     ) -> None:
         names = ordered_tiers(tiers)
         rows = {row.tier: row for row in self.query(TierRow)}
@@ -128,6 +167,9 @@ class TierTable(Vertical):
             await self.mount_all(rows.values())
         for name in names:
             rows[name].update_from(tiers[name], history.get(name, ()))
+        cleared = [n for n in names if tiers[n].get("cleared_at") is not None]
+        legend = "now: last update · hits, ratio: since start"
+        self.border_subtitle = legend + (f" ({', '.join(cleared)}: since clear)" if cleared else "")
 
 
 def _kv(key: str, value: str, width: int = 8) -> Content:
@@ -151,7 +193,7 @@ class TtftPanel(Vertical):
         self.border_subtitle = f"n={ttft.get('count', 0)}"
         self.query_one("#ttft-p90", Label).update(_kv("p90", fmt_seconds(ttft.get("p90")), 4))
         self.query_one("#ttft-p99", Label).update(_kv("p99", fmt_seconds(ttft.get("p99")), 4))
-        self.query_one("#ttft-spark", Sparkline).data = list(history) or [0.0]
+        self.query_one("#ttft-spark", Sparkline).data = list(history)  # empty: a flat floor
 
 
 class TrafficPanel(Vertical):

@@ -4,17 +4,24 @@ StatusHub gathers engine totals (fed by the stat logger), the tiers' stats (over
 control socket), host and GPU figures into snapshots; forwards resize/clear to the engine; runs
 one benchmark at a time against this server.
 
-Primitives: StatusHub.snapshot() / refresh() / resize() / clear() / start_bench() / bench() /
-logs(); HubError(status, message) for the HTTP layer.
+Snapshots carry cumulative counters; interval figures are per consumer (metrics.interval):
+``snapshot()`` (the HTTP status) covers at least STATUS_WINDOW_S before the build, picked by
+time, not by who asked last; ``status_line()`` (the --no-ui JSON lines) covers the time since
+the previous line.
+
+Primitives: StatusHub.snapshot() / refresh() / status_line() / resize() / clear() /
+start_bench() / bench() / logs(); HubError(status, message) for the HTTP layer.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from kvpanel.metrics.engine_samples import EngineSamples
+from kvpanel.metrics.interval import IntervalWindow, with_interval
 from kvpanel.metrics.snapshot import SnapshotBuilder
 from kvpanel.serve.logtee import LogTee
 from kvpanel.vllm_ext.control import ControlClient
@@ -43,6 +50,9 @@ BENCH_MAX = {
 }
 BENCH_MAX_PROMPT_TOKENS = 100_000_000  # num_documents x document_length
 
+# The HTTP status's interval figures cover at least this long before the build.
+STATUS_WINDOW_S = 1.0
+
 
 class HubError(Exception):
     def __init__(self, status: int, message: str):
@@ -68,6 +78,9 @@ class StatusHub:
         self._latest: dict[str, Any] | None = None
         self._latest_at = 0.0
         self._build_lock = threading.Lock()
+        # Recent cumulative builds; the status's interval starts at one of them, chosen by age.
+        self._builds: deque[dict[str, Any]] = deque(maxlen=64)
+        self._line_window = IntervalWindow()
         self._bench: dict[str, Any] | None = None
         self._bench_thread: threading.Thread | None = None
         self._engine_error: str | None = None
@@ -85,21 +98,34 @@ class StatusHub:
         self._engine_error = None
         return reply.get("tiers", {}), reply.get("transfers", {})
 
+    def _interval_start(self, uptime_s: float) -> dict[str, Any] | None:
+        """The newest earlier build at least STATUS_WINDOW_S old (else the oldest kept)."""
+        for build in reversed(self._builds):
+            if uptime_s - build["uptime_s"] >= STATUS_WINDOW_S:
+                return build
+        return self._builds[0] if self._builds else None
+
     def refresh(self) -> dict[str, Any]:
-        """Build a new snapshot; rates cover the time since the previous build."""
-        with self._build_lock:  # one build at a time: the builder keeps the previous inputs
+        """Build a new status snapshot (its interval: >= STATUS_WINDOW_S before the build)."""
+        with self._build_lock:
             tiers, transfers = self._tiers()
             with self._lock:
                 bench = dict(self._bench) if self._bench else None
-            snap = self._builder.build(
+            cumulative = self._builder.build(
                 self.samples.totals(), tiers, transfers, self.gpu_kv_bytes, bench
             )
             if self._engine_error:
-                snap["error"] = self._engine_error
+                cumulative["error"] = self._engine_error
+            snap = with_interval(self._interval_start(cumulative["uptime_s"]), cumulative)
+            self._builds.append(cumulative)
             with self._lock:
                 self._latest = snap
                 self._latest_at = time.monotonic()
             return snap
+
+    def status_line(self) -> dict[str, Any]:
+        """A fresh snapshot for the JSON lines: its interval is the time since the last line."""
+        return self._line_window.apply(self.refresh())
 
     def snapshot(self, max_age: float = 0.4) -> dict[str, Any]:
         """The latest snapshot, rebuilt when older than ``max_age`` seconds."""
@@ -131,6 +157,9 @@ class StatusHub:
 
     def clear(self, tier: str) -> dict[str, Any]:
         reply = self._engine_call(op="clear", tier=tier)
+        stats = reply.get("tiers", {}).get(tier)
+        if stats is not None:
+            self._builder.mark_cleared(tier, stats)
         self.refresh()
         return {"ok": True, "tiers": reply["tiers"]}
 
@@ -222,10 +251,15 @@ class StatusHub:
                 "warmup_round": summary.get("warmup"),
                 "query_round": summary.get("query"),
                 "requests": len(result.records),
+                "failed_requests": result.failed_requests,
             }
+            failure = result.failure()
             with self._lock:
                 assert self._bench is not None
-                self._bench.update(state="done", progress=1.0, phase="done", result=summary_out)
+                if failure:
+                    self._bench.update(state="failed", error=failure, result=summary_out)
+                else:
+                    self._bench.update(state="done", progress=1.0, phase="done", result=summary_out)
         except Exception as e:  # report any failure to the panel instead of killing the thread
             with self._lock:
                 assert self._bench is not None

@@ -133,7 +133,14 @@ def _run_panel(
 
     assert hub.base_url is not None
     backend = HttpBackend(hub.base_url, token)
-    app = KvpanelApp(backend, theme=theme, title="kvpanel serve", source=url, handle_sighup=True)
+    app = KvpanelApp(
+        backend,
+        theme=theme,
+        title="kvpanel serve",
+        source=url,
+        handle_sighup=True,
+        owns_server=True,
+    )
 
     def watch_stop() -> None:  # SIGTERM while the panel runs: close it like a quit
         stop.wait()
@@ -248,7 +255,7 @@ def serve_main(argv: list[str]) -> int:
         while not stop.wait(opts.status_interval):
             if server.finished.is_set():
                 break
-            _write_line(tee.stdout_fd, hub.refresh())
+            _write_line(tee.stdout_fd, hub.status_line())
     else:
         _run_panel(hub, server.url or "", token, stop, opts.theme, tee.tty_fd)
     log.info("shutting down: flushing kvpanel tiers")

@@ -20,8 +20,8 @@ def snapshot(i: int, rng: random.Random) -> dict:
     gpu_used = int((50.2 + 4 * wave) * GiB)
     return {
         "schema": 1,
-        "ts": 1764370000.0 + i * 0.5,
-        "uptime_s": 3725.0 + i * 0.5,
+        "ts": 1764370000.0 + i * DT,
+        "uptime_s": 3725.0 + i * DT,
         "model": {
             "name": "Qwen/Qwen3-8B",
             "demo": False,
@@ -84,25 +84,59 @@ def snapshot(i: int, rng: random.Random) -> dict:
     }
 
 
+LOOKUPS = {"gpu": 2400, "cpu": 900, "disk": 140, "remote": 30}  # per interval
+DT = 0.5  # seconds between snapshots
+
+
 def tier(cap, used, hit, evictions, load, store, rng=None, note=""):
-    chunks = used // CHUNK
-    hits = 1000 + evictions * 3
+    """Interval figures (hit, load, store) plus placeholders for the cumulative counters."""
     return {
         "capacity_bytes": cap,
         "used_bytes": used,
-        "chunks": chunks,
-        "hits": hits,
-        "misses": hits // 2,
+        "chunks": used // CHUNK,
+        "hits": 0,
+        "misses": 0,
         "hit_rate": round(max(0.0, min(1.0, hit)), 3),
         "evictions": evictions,
-        "bytes_in": used * 2,
-        "bytes_out": used,
+        "bytes_in": 0,
+        "bytes_out": 0,
         "errors": 0,
         "healthy": True,
         "note": note,
         "load_gbps": round(load, 2),
         "store_gbps": round(store, 2),
     }
+
+
+def accumulate(snaps: list[dict]) -> None:
+    """Cumulative counters that integrate each snapshot's interval figures, as the server's
+    are: a consumer differencing two snapshots gets those figures back."""
+    totals: dict = {}
+    tokens = {"prompt_tokens": 91_000_000, "generation_tokens": 7_700_000}
+    for snap in snaps:
+        for name, t in snap["tiers"].items():
+            acc = totals.setdefault(name, {"hits": 4000, "misses": 3000, "in": 0, "out": 0})
+            n = LOOKUPS[name]
+            hits = round(n * t["hit_rate"])
+            acc["hits"] += hits
+            acc["misses"] += n - hits
+            acc["out"] += int(t["load_gbps"] * 1e9 * DT)
+            acc["in"] += int(t["store_gbps"] * 1e9 * DT)
+            t.update(
+                hits=acc["hits"], misses=acc["misses"], bytes_in=acc["in"], bytes_out=acc["out"]
+            )
+            t["hit_ratio"] = round(acc["hits"] / (acc["hits"] + acc["misses"]), 4)
+            t.update(
+                cleared_at=None,
+                hits_since_clear=t["hits"],
+                misses_since_clear=t["misses"],
+                hit_ratio_since_clear=t["hit_ratio"],
+            )
+        tp = snap["throughput"]
+        tokens["prompt_tokens"] += int(tp["prompt_tps"] * DT)
+        tokens["generation_tokens"] += int(tp["generation_tps"] * DT)
+        tp.update(tokens)
+        snap["interval_s"] = DT
 
 
 LOGS = [
@@ -131,7 +165,9 @@ LOGS = [
 
 if __name__ == "__main__":
     rng = random.Random(7)
-    data = {"snapshots": [snapshot(i, rng) for i in range(N)], "logs": LOGS}
+    snaps = [snapshot(i, rng) for i in range(N)]
+    accumulate(snaps)
+    data = {"snapshots": snaps, "logs": LOGS}
     out = Path(__file__).with_name("recorded_stream.json")
     out.write_text(json.dumps(data, indent=1) + "\n")
     print(f"wrote {out}")

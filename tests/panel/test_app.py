@@ -266,7 +266,7 @@ async def test_every_action_is_in_footer_and_command_palette() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
         ids = {b.id for b in app.BINDINGS if not isinstance(b, tuple)}  # type: ignore[union-attr]
-        assert {"resize", "clear", "bench", "pause", "theme", "help", "quit"} <= ids
+        assert {"resize", "clear", "bench", "pause", "theme", "help", "quit", "stop"} <= ids
         titles = [c.title for c in app.get_system_commands(app.screen)]
         for title in (
             "Resize a tier",
@@ -275,7 +275,7 @@ async def test_every_action_is_in_footer_and_command_palette() -> None:
             "Pause / resume updates",
             "Next kvpanel theme",
             "Help",
-            "Quit kvpanel",
+            "Leave the panel",
         ):
             assert title in titles
         footer_keys = {k for k, b in app.active_bindings.items() if b.binding.show}
