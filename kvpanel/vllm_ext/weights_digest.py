@@ -159,7 +159,13 @@ def _files(root: Path) -> Iterator[tuple[str, Path]]:
     if root.is_file():
         yield root.name, root
         return
+    seen: set[tuple[int, int]] = set()  # a symlink loop must not walk forever
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames.sort()
         base = Path(dirpath)
         for name in sorted(filenames):

@@ -93,6 +93,16 @@ def test_docs_tokenizer_and_hidden_files_do_not_change_identity(tmp_path):
     assert weights_identity(str(model)) != before
 
 
+def test_symlinked_subfolders_are_followed_once(tmp_path):
+    model = checkout(tmp_path / "m", {"config.json": b"{}"})
+    shards = checkout(tmp_path / "shards", {"w.safetensors": BIG})
+    (model / "weights").symlink_to(shards)
+    (shards / "loop").symlink_to(model)
+    before = weights_identity(str(model))
+    rewrite_middle(shards / "w.safetensors")
+    assert weights_identity(str(model)) != before
+
+
 def test_a_copy_elsewhere_keeps_its_identity(tmp_path):
     a = checkout(tmp_path / "a" / "llama", {"config.json": b"{}", "w.safetensors": BIG})
     b = checkout(tmp_path / "b" / "llama", {"config.json": b"{}", "w.safetensors": BIG})
