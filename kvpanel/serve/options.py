@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disk-path", help="disk tier directory")
     p.add_argument("--remote-url", help="shared tier, redis://host:port[/db]")
     p.add_argument("--chunk-size", type=int, help="tokens per cached chunk (default 256)")
+    p.add_argument(
+        "--model-id",
+        help="name these exact weights for the disk/Redis cache keys, instead of hashing the "
+        "model's files (needed for a hub model kvpanel cannot find locally); the engine's "
+        "config, dtypes and quantization are still added",
+    )
     p.add_argument("--config", help="kvpanel or LMCache YAML (also LMCACHE_CONFIG_FILE)")
     p.add_argument(
         "--offload",
@@ -115,6 +121,7 @@ def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> Serv
         "disk_path": ns.disk_path,
         "remote_url": ns.remote_url,
         "chunk_tokens": ns.chunk_size,
+        "model_id": ns.model_id,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
     warnings: list[str] = []

@@ -92,3 +92,35 @@ def server_api() -> tuple[Any, Any, Any]:
         )
         from vllm.entrypoints.openai.cli_args import make_arg_parser  # type: ignore[no-redef]
     return make_arg_parser, build_app, init_app_state
+
+
+def engine_vllm_config(config: OffloadingConfig) -> Any | None:
+    """The ``VllmConfig`` of the engine building this spec, or None.
+
+    The fingerprint needs what OffloadingConfig leaves out (the hf_config after overrides, the
+    model dtype next to an fp8 KV dtype, quantization). 0.32's OffloadingConfig does not carry
+    it, and the scheduler builds its connector outside ``set_current_vllm_config``; the spec is
+    built inside ``OffloadingConnector.__init__(vllm_config, ...)``, so it is found on the stack.
+    A VllmConfig handed in directly (older OffloadingSpec(vllm_config, ...)) is used as is; the
+    current config set by ``set_current_vllm_config`` is the last resort.
+    """
+    import inspect
+
+    if hasattr(config, "model_config"):
+        return config
+    frame = inspect.currentframe()
+    try:
+        depth = 0
+        while frame is not None and depth < 16:
+            candidate = frame.f_locals.get("vllm_config")
+            if hasattr(candidate, "model_config") and hasattr(candidate, "cache_config"):
+                return candidate
+            frame, depth = frame.f_back, depth + 1
+    finally:
+        del frame
+    from vllm.config import get_current_vllm_config_or_none
+
+    current = get_current_vllm_config_or_none()
+    if current is not None and getattr(current, "kv_transfer_config", None) is not None:
+        return current
+    return None

@@ -8,16 +8,15 @@ there and with kvpanel's Triton kernels on CUDA.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import signal
-from pathlib import Path
+from typing import Any
 
 from kvpanel.cache.keys import Fingerprint
 from kvpanel.cache.store import TieredStore
 from kvpanel.settings import CacheSettings
-from kvpanel.vllm_ext import compat, runtime, trace
+from kvpanel.vllm_ext import compat, model_identity, runtime, trace
 from kvpanel.vllm_ext.compat import (
     CanonicalKVCaches,
     OffloadingConfig,
@@ -29,44 +28,45 @@ from kvpanel.vllm_ext.compat import (
 log = logging.getLogger("kvpanel")
 
 
-def model_identity(name: str) -> str:
-    """A stable identity for the model's weights, not just its name.
+def fingerprint_for(
+    config: OffloadingConfig, settings: CacheSettings, vllm_config: Any | None
+) -> tuple[Fingerprint, str | None]:
+    """(fingerprint, weights identity or None when kvpanel cannot read the weights).
 
-    For a local checkout: a digest of config.json and of each weight file's name, size, head and
-    tail, so regenerated or edited weights at the same path get a new identity (their KV
-    differs) while a restart or a copy to another machine keeps it.
+    The model part is ``--model-id`` when given, else the weights' content digest; the engine
+    part (config after overrides, dtypes, quantization, ...) is always added, so an explicit id
+    cannot name two KV layouts.
     """
-    path = Path(name)
-    if not path.is_dir():
-        return name
-    h = hashlib.blake2b(digest_size=16)
-    for f in sorted(path.iterdir()):
-        if f.name == "config.json" or f.suffix in (".safetensors", ".bin", ".pt", ".gguf"):
-            size = f.stat().st_size
-            h.update(f"{f.name}:{size}".encode())
-            with f.open("rb") as fh:
-                h.update(fh.read(1 << 16))
-                if size > 1 << 17:
-                    fh.seek(size - (1 << 16))
-                    h.update(fh.read())
-    return f"{path.name}@{h.hexdigest()}"
-
-
-def fingerprint_for(config: OffloadingConfig, settings: CacheSettings) -> Fingerprint:
+    name = config.model.name
+    revision = getattr(getattr(vllm_config, "model_config", None), "revision", None)
+    download_dir = getattr(getattr(vllm_config, "load_config", None), "download_dir", None)
+    if settings.model_id:
+        weights: str | None = f"id:{settings.model_id}"
+    else:
+        weights = model_identity.weights_identity(name, revision, download_dir)
+    # Unknown content may still key the process-private CPU tier (shared tiers are refused).
+    model = weights or f"unverified:{name}"
+    engine = model_identity.engine_identity(vllm_config) if vllm_config is not None else None
     groups = [{"tokens": g.tokens_per_block, "layers": list(g.layer_names)} for g in config.groups]
     tokens_per_block = config.groups[0].tokens_per_block if config.groups else 0
-    return Fingerprint(
-        model=settings.model_id or model_identity(config.model.name),
+    fp = Fingerprint(
+        model=model,
         dtype=str(config.model.dtype),
         layout=compat.kv_cache_layout(config),
         block_tokens=tokens_per_block,
         chunk_tokens=tokens_per_block * config.cache.blocks_per_chunk,
         chunk_bytes=config.worker_kv_bytes_per_block * config.cache.blocks_per_chunk,
         extra=json.dumps(
-            {"groups": groups, "tp": config.parallel.tp_size, "pp": config.parallel.pp_size},
+            {
+                "groups": groups,
+                "tp": config.parallel.tp_size,
+                "pp": config.parallel.pp_size,
+                "engine": engine,
+            },
             sort_keys=True,
         ),
     )
+    return fp, weights
 
 
 class KvpanelOffloadingSpec(OffloadingSpec):
@@ -77,13 +77,22 @@ class KvpanelOffloadingSpec(OffloadingSpec):
         # this spec first): block hashes, and so disk/Redis keys, must survive restarts.
         compat.ensure_deterministic_block_hashes()
         trace.install_engine_probe()  # KVPANEL_TRACE only: vLLM's side of each handoff
-        self.settings = CacheSettings.from_extra_config(self.extra_config)
+        settings = CacheSettings.from_extra_config(self.extra_config)
         if config.parallel.world_size != 1:
             raise ValueError(
                 "kvpanel currently serves one worker per engine (TP=PP=1); "
                 f"this engine has world_size={config.parallel.world_size}"
             )
-        self.fingerprint = fingerprint_for(config, self.settings)
+        vllm_config = compat.engine_vllm_config(config)
+        self.fingerprint, weights = fingerprint_for(config, settings, vllm_config)
+        self.settings = model_identity.shared_tiers_policy(
+            settings,
+            weights,
+            engine_known=vllm_config is not None,
+            lora=getattr(vllm_config, "lora_config", None) is not None,
+            name=config.model.name,
+            revision=getattr(getattr(vllm_config, "model_config", None), "revision", None),
+        )
         self._manager: OffloadingManager | None = None
         self._worker: OffloadingWorker | None = None
 

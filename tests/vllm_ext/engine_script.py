@@ -8,6 +8,8 @@ and vLLM's external prefix-cache counters after each round.
     python -m tests.vllm_ext.engine_script SPEC.json OUT.json
 SPEC: {"model": dir, "settings": {CacheSettings fields}, "rounds": [[[token ids], ...], ...],
        "max_tokens": 8, "max_model_len": 2048}
+A prompt may also be {"ids": [token ids], "cache_salt": str}: vLLM salts its block hashes, so
+that prompt misses every cache and is recomputed (a reference inside the same engine).
 """
 
 from __future__ import annotations
@@ -58,8 +60,13 @@ def main(spec_path: str, out_path: str) -> None:
     result: dict = {"rounds": []}
     for prompts in spec["rounds"]:
         outs = []
-        for ids in prompts:  # one at a time: a prompt's chunks are stored before the next looks
-            o = llm.generate([TokensPrompt(prompt_token_ids=ids)], sp, use_tqdm=False)[0]
+        for p in prompts:  # one at a time: a prompt's chunks are stored before the next looks
+            tp = (
+                TokensPrompt(prompt_token_ids=p)
+                if isinstance(p, list)
+                else TokensPrompt(prompt_token_ids=p["ids"], cache_salt=p["cache_salt"])
+            )
+            o = llm.generate([tp], sp, use_tqdm=False)[0]
             c = o.outputs[0]
             outs.append(
                 {
