@@ -5,7 +5,7 @@ Primitives:
   link, never what it points to) and a real directory made instead.
 - ``prepare_fp_dir``: ``<root>/<fingerprint hex>`` as an fd, proven writable, with
   ``fingerprint.json`` written. The root itself may be a symlink: that is the operator's choice.
-- ``ShardDirs``: the ``<key hex[:2]>`` shard folders of one fingerprint dir.
+- ``ShardDirs``: the ``<key hex[:2]>`` shard folders of one fingerprint dir; owns its fd.
 - ``scan_chunks``: the index rebuild's walk: valid chunks, removed junk, counted odd entries.
 
 The cache dir may be shared with other users. Everything below the root is opened relative to
@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,21 +92,49 @@ def _split(key: bytes) -> tuple[str, str]:
 
 
 class ShardDirs:
-    """Chunk files by key, each reached through its shard folder's own fd."""
+    """Chunk files by key, each reached through its shard folder's own fd.
+
+    Owns the fingerprint dir's fd. ``close`` defers closing it until the last ``opened`` user
+    is done: a promotion given up on may return long after the tier closed, and an fd number
+    closed under it could meanwhile name another directory, where it would read and delete.
+    """
 
     def __init__(self, fp_fd: int) -> None:
         self.fp_fd = fp_fd
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
 
     @contextlib.contextmanager
     def opened(self, key: bytes, *, create: bool = False) -> Iterator[tuple[int, str]]:
         """``(shard dir fd, file name)`` of ``key``'s chunk; ``OSError`` if the shard is not a
-        real directory (``create``: made one if absent or a symlink)."""
-        shard, name = _split(key)
-        fd = open_real_dir(shard, self.fp_fd, create=create)
+        real directory (``create``: made one if absent or a symlink) or the tier is closed."""
+        with self._lock:
+            if self._closing:
+                raise OSError(errno.EBADF, "disk tier closed")
+            self._users += 1
         try:
-            yield fd, name
+            shard, name = _split(key)
+            fd = open_real_dir(shard, self.fp_fd, create=create)
+            try:
+                yield fd, name
+            finally:
+                os.close(fd)
         finally:
-            os.close(fd)
+            with self._lock:
+                self._users -= 1
+                last = self._closing and self._users == 0
+            if last:
+                os.close(self.fp_fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            last = self._users == 0
+        if last:
+            os.close(self.fp_fd)
 
     def unlink(self, key: bytes) -> None:
         """Remove ``key``'s file if there is one; never raises (a directory there stays)."""

@@ -67,22 +67,21 @@ class DiskTier:
         if root.exists() and not root.is_dir():
             raise DiskTierError(f"disk cache path {root} exists and is not a directory")
         try:
-            self._fp_fd = prepare_fp_dir(root, fp)
+            self._shards = ShardDirs(prepare_fp_dir(root, fp))
         except OSError as e:
             raise DiskTierError(f"disk cache path {root} is not usable: {e}") from e
         self.dir = root / fp.hex()
-        self._shards = ShardDirs(self._fp_fd)
-        self._dir_lock = DirLock(self.dir, dir_fd=self._fp_fd)
+        self._dir_lock = DirLock(self.dir, dir_fd=self._shards.fp_fd)
         try:
             self._dir_lock.acquire()
         except DirLockBusy as e:
-            os.close(self._fp_fd)
+            self._shards.close()
             raise DiskTierError(
                 f"disk cache dir {self.dir} is in use by another kvpanel process "
                 f"(pid {e.holder_pid})"
             ) from None
         except OSError as e:
-            os.close(self._fp_fd)
+            self._shards.close()
             raise DiskTierError(f"disk cache dir {self.dir} cannot be locked: {e}") from e
         self._warned = False
         self._lock = threading.Lock()
@@ -234,7 +233,7 @@ class DiskTier:
         self._queue.put(None)  # the writer drains everything queued before the sentinel
         self._writer.join()
         self._dir_lock.release()
-        os.close(self._fp_fd)
+        self._shards.close()
 
     def _writer_loop(self) -> None:
         while True:
@@ -364,6 +363,10 @@ class DiskTier:
             self._shards.unlink(key)
         return size is not None
 
+    def count_error(self) -> None:
+        """An error found outside the tier (a promotion given up on)."""
+        self._counters.add(errors=1)
+
     def _warn_once(self, msg: str, *args: object) -> None:
         # Per-chunk errors are counted in the stats; the log says what the first one was.
         if not self._warned:
@@ -372,7 +375,7 @@ class DiskTier:
 
     def _rebuild_index(self) -> None:
         """Index this fingerprint's files from their headers; delete torn and temp files."""
-        scan = scan_chunks(self._fp_fd, self._fp_digest, self._payload_len, self.dir)
+        scan = scan_chunks(self._shards.fp_fd, self._fp_digest, self._payload_len, self.dir)
         self._counters.add(errors=scan.errors)
         scan.found.sort()
         for _mtime, key, size in scan.found:

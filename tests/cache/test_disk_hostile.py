@@ -61,7 +61,7 @@ def unblock_fifo(path: Path) -> None:
 
 
 def open_in_thread(root: Path, fp: Fingerprint, timeout: float = 5.0) -> DiskTier:
-    """``DiskTier(...)`` that must come up within ``timeout`` (a hang fails, not blocks, the test)."""
+    """``DiskTier(...)`` that must come up within ``timeout``: a hang fails the test."""
     box: list[object] = []
 
     def build() -> None:
