@@ -180,8 +180,8 @@ def scan_chunks(fp_fd: int, fp_digest: bytes, payload_bytes: int, where: Path) -
             os.close(fd)
     if scan.odd:
         log.warning(
-            "disk cache %s: left %d entries that are not kvpanel's alone (e.g. %s); "
-            "they are never read, written or followed",
+            "disk cache %s: skipped %d entries that are neither chunk files nor real folders "
+            "(e.g. %s): never entered, followed or served (links themselves are removed)",
             where,
             len(scan.odd),
             ", ".join(scan.odd[:3]),
