@@ -1,11 +1,13 @@
 """Worker threads for disk -> CPU promotions, with a deadline per promotion.
 
 Primitives:
-- ``Promotion``: one queued job; its deadline starts when a worker picks it up.
-- ``PromotionPool``: runs jobs on ``workers`` threads. A job past its deadline is given up on
-  by the caller (``give_up``): it stops counting against the pool's width and a replacement
-  thread starts, so one read that never returns (a hung NFS server) cannot hold up other keys.
-  Its thread finishes the job whenever the read returns, then exits if it is surplus.
+- ``Promotion``: one queued job. It is overdue ``timeout_s`` after a worker picked it up, or
+  twice that after it was queued if no worker did (every thread hung, the replacement cap hit).
+- ``PromotionPool``: runs jobs on ``workers`` threads. An overdue job is given up on by the
+  caller (``give_up``): a running one stops counting against the pool's width and a replacement
+  thread starts, so one read that never returns (a hung NFS server) cannot hold up other keys;
+  its thread finishes the job whenever the read returns, then exits if it is surplus. A queued
+  one still runs, seeing ``given_up`` set, so it can release what it holds without reading.
 
 Threads are daemons: a read that never returns must not keep the process alive either.
 """
@@ -20,15 +22,19 @@ from collections.abc import Callable
 
 
 class Promotion:
-    __slots__ = ("fn", "started", "given_up")
+    __slots__ = ("fn", "queued", "started", "given_up", "holds_thread")
 
-    def __init__(self, fn: Callable[[], None]) -> None:
+    def __init__(self, fn: Callable[[Promotion], None]) -> None:
         self.fn = fn
-        self.started: float | None = None  # monotonic time a worker picked it up
+        self.queued = time.monotonic()
+        self.started: float | None = None  # when a worker picked it up
         self.given_up = False
+        self.holds_thread = False  # given up on while running: a replacement thread was added
 
     def overdue(self, timeout_s: float, now: float) -> bool:
-        return self.started is not None and now - self.started > timeout_s
+        if self.started is None:
+            return now - self.queued > 2 * timeout_s
+        return now - self.started > timeout_s
 
 
 class PromotionPool:
@@ -42,7 +48,7 @@ class PromotionPool:
         self._given_up = 0
         self._closed = False
 
-    def submit(self, fn: Callable[[], None]) -> Promotion:
+    def submit(self, fn: Callable[[Promotion], None]) -> Promotion:
         job = Promotion(fn)
         self._jobs.put(job)
         with self._lock:
@@ -55,6 +61,9 @@ class PromotionPool:
             if job.given_up:
                 return
             job.given_up = True
+            if job.started is None:
+                return  # not running: no thread to replace
+            job.holds_thread = True
             self._given_up += 1
             self._spawn_if_short()
 
@@ -71,7 +80,7 @@ class PromotionPool:
             while th.is_alive():
                 with self._lock:
                     job = self._threads.get(th)
-                if job is not None and job.given_up:
+                if job is not None and job.holds_thread:
                     break
                 th.join(0.05)
 
@@ -95,10 +104,10 @@ class PromotionPool:
                 self._threads[me] = job
                 job.started = time.monotonic()
             with contextlib.suppress(Exception):  # the job reports its own outcome
-                job.fn()
+                job.fn(job)
             with self._lock:
                 self._threads[me] = None
-                if job.given_up:
+                if job.holds_thread:
                     self._given_up -= 1
                     if len(self._threads) > self._workers + self._given_up:
                         break  # a replacement took over this thread's place

@@ -77,6 +77,7 @@ class TieredStore:
         self._pending: dict[ChunkKey, Future[None] | Promotion] = {}
         self._given_up: set[ChunkKey] = set()  # promotions past their deadline, still running
         self._promote_timeout_s = promote_timeout_s
+        self._next_sweep = 0.0
         self._promoter = PromotionPool(promote_workers, name="kvpanel-promote")
         # Redis errors never raise from here (an unreachable Redis is an unhealthy tier); a
         # malformed URL does, as a ValueError, since that is a configuration mistake.
@@ -115,7 +116,9 @@ class TieredStore:
                 if res is None or not res.keys:
                     return LookupState.MISS
                 slot = res.slots[0]
-                self._pending[key] = self._promoter.submit(lambda: self._promote(key, slot))
+                self._pending[key] = self._promoter.submit(
+                    lambda job: self._promote(job, key, slot)
+                )
                 return LookupState.PENDING
             if self.remote is None or self._fetcher is None or not self.remote.may_have(key, count):
                 return LookupState.MISS
@@ -129,9 +132,12 @@ class TieredStore:
             return bool(self._pending)
 
     def _give_up_overdue(self) -> None:
-        # Called with the store lock held, on every lookup and poll: an overdue promotion is
-        # noticed even if nobody asks about its key again.
+        # Called with the store lock held, on lookups and polls (at most every 50 ms): an
+        # overdue promotion is noticed even if nobody asks about its key again.
         now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 0.05
         for key, job in list(self._pending.items()):
             if isinstance(job, Promotion) and job.overdue(self._promote_timeout_s, now):
                 del self._pending[key]
@@ -140,11 +146,12 @@ class TieredStore:
                 if self.disk is not None:
                     self.disk.count_error()
 
-    def _promote(self, key: ChunkKey, slot: int) -> None:
+    def _promote(self, job: Promotion, key: ChunkKey, slot: int) -> None:
         ok = False
         try:
             assert self.disk is not None
-            ok = self.disk.read_into(key, self.cpu.view(slot))
+            if not job.given_up:  # given up on before it started: only release the slot
+                ok = self.disk.read_into(key, self.cpu.view(slot))
         finally:
             # Also when given up on: the slot was reserved (WRITING, never served) until now.
             self.cpu.commit([key], success=ok)
