@@ -157,25 +157,33 @@ def scan_chunks(fp_fd: int, fp_digest: bytes, payload_bytes: int, where: Path) -
     shard folders are never entered. Each of those counts as one error.
     """
     scan = ChunkScan()
-    with os.scandir(fp_fd) as it:
-        shards = [e for e in it if not e.name.startswith(".")]
+    try:
+        with os.scandir(fp_fd) as it:
+            shards = [e for e in it if not e.name.startswith(".")]
+    except OSError as e:  # our own folder: the tier starts empty, writes will tell
+        scan.errors += 1
+        scan.odd.append(f". ({e})")
+        shards = []
     for entry in shards:
-        if entry.is_symlink():
-            scan.errors += 1
-            scan.odd.append(entry.name)
-            with contextlib.suppress(OSError):  # a real folder is made when a chunk needs one
-                os.unlink(entry.name, dir_fd=fp_fd)
-            continue
-        if not entry.is_dir(follow_symlinks=False):
-            continue  # fingerprint.json, .lock
         try:
+            if entry.is_symlink():
+                scan.errors += 1
+                scan.odd.append(entry.name)
+                with contextlib.suppress(OSError):  # a real one is made when a chunk needs it
+                    os.unlink(entry.name, dir_fd=fp_fd)
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                continue  # fingerprint.json, .lock
             fd = open_real_dir(entry.name, fp_fd, create=False)
         except OSError:
-            scan.errors += 1  # swapped for something else since the listing
+            scan.errors += 1  # unreadable, or swapped for something else since the listing
             scan.odd.append(entry.name)
             continue
         try:
             _scan_shard(fd, entry.name, fp_digest, payload_bytes, scan)
+        except OSError:
+            scan.errors += 1
+            scan.odd.append(entry.name)
         finally:
             os.close(fd)
     if scan.odd:
@@ -189,6 +197,13 @@ def scan_chunks(fp_fd: int, fp_digest: bytes, payload_bytes: int, where: Path) -
     return scan
 
 
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return True  # cannot tell: leave it alone, as a directory would be
+
+
 def _scan_shard(fd: int, shard: str, fp_digest: bytes, payload_bytes: int, scan: ChunkScan) -> None:
     with os.scandir(fd) as it:
         entries = list(it)
@@ -197,7 +212,7 @@ def _scan_shard(fd: int, shard: str, fp_digest: bytes, payload_bytes: int, scan:
         is_tmp = fmt.TMP_MARKER in name
         if not is_tmp and not name.endswith(fmt.SUFFIX):
             continue
-        if entry.is_dir(follow_symlinks=False):
+        if _is_real_dir(entry):
             scan.errors += 1
             scan.odd.append(f"{shard}/{name}")
             continue

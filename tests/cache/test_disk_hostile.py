@@ -215,6 +215,33 @@ def test_directory_at_chunk_path_at_runtime_does_not_mark_full(
         assert not any(fmt.TMP_MARKER in p.name for p in blocker.parent.iterdir())
 
 
+def test_unreadable_shard_folder_is_skipped(
+    tmp_path: Path, fp: Fingerprint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder the process cannot list (root reads through mode 000, so the error is injected)."""
+    fp_dir = fill(tmp_path, fp, [1, 2])
+    bad_shard = path_of(fp_dir, 1).parent.name
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def check(path: object) -> None:
+        where = os.readlink(f"/proc/self/fd/{path}") if isinstance(path, int) else str(path)
+        if where.endswith(f"/{bad_shard}"):
+            raise PermissionError(13, "Permission denied")
+
+    def scandir(path):  # type: ignore[no-untyped-def]
+        check(path)
+        return real_scandir(path)
+
+    def listdir(path):  # type: ignore[no-untyped-def]
+        check(path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", listdir)
+    with opened(tmp_path, fp) as t:
+        assert t.keys() == [key(2)] and t.stats().errors == 1
+
+
 # ----- item 5: symlinks below the cache root -----------------------------------------------------
 
 
@@ -276,6 +303,24 @@ def test_symlinked_fingerprint_dir_is_not_followed(tmp_path: Path, fp: Fingerpri
         assert path_of(root / fp.hex(), 2).is_file()
     after = {p.relative_to(target): p.read_bytes() for p in target.rglob("*") if p.is_file()}
     assert after == before
+
+
+def test_symlinked_lock_and_fingerprint_files_are_not_written_through(
+    tmp_path: Path, fp: Fingerprint
+) -> None:
+    fp_dir = fill(tmp_path / "cache", fp, [1])
+    victims = {}
+    for name in (".lock", "fingerprint.json"):
+        victim = tmp_path / f"victim{name}"
+        victim.write_bytes(b"precious")
+        (fp_dir / name).unlink()
+        (fp_dir / name).symlink_to(victim)
+        victims[name] = victim
+    with opened(tmp_path / "cache", fp) as t:
+        assert t.keys() == [key(1)]
+        assert Fingerprint.from_json((fp_dir / "fingerprint.json").read_text()) == fp
+        for name, victim in victims.items():
+            assert not (fp_dir / name).is_symlink() and victim.read_bytes() == b"precious"
 
 
 # ----- item 6: a valid checksum over a short payload ---------------------------------------------
