@@ -146,7 +146,7 @@ class ShardDirs:
 class ChunkScan:
     found: list[tuple[float, ChunkKey, int]] = field(default_factory=list)  # mtime, key, bytes
     errors: int = 0
-    odd: list[str] = field(default_factory=list)  # entries left in place, for one log line
+    odd: list[str] = field(default_factory=list)  # entries skipped, named in one log line
 
 
 def scan_chunks(fp_fd: int, fp_digest: bytes, payload_bytes: int, where: Path) -> ChunkScan:
