@@ -5,7 +5,12 @@ Primitives:
 - ``CorruptChunk``: raised when a file is torn, foreign or fails its checksum.
 - ``chunk_path``: ``<fp dir>/<key hex[:2]>/<key hex>.kvc``.
 - ``write_chunk``: atomic write (temp file in the same dir, optional fsync, os.replace).
-- ``read_header`` / ``read_chunk``: validated reads (header fields, file size, checksum).
+- ``read_header`` / ``read_chunk``: validated reads (header fields, file size, checksum) of
+  regular files only: a FIFO, device or symlink at a chunk path is a ``CorruptChunk``/``OSError``,
+  never opened in a way that could block or lead outside the cache dir.
+
+Every function taking a ``path`` also takes ``dir_fd``: with it, ``path`` is a name inside that
+directory (see disk_dirs.py: the tier opens its folders without following symlinks).
 
 Layout: magic ``b"KVPC"``, version u16, header length u16, fingerprint digest (16 bytes),
 chunk key (16 bytes), payload length u64, blake2b-16 of the payload (16 bytes); then payload.
@@ -15,9 +20,11 @@ at ~1 GB/s per core and releases the GIL on large buffers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,16 +92,24 @@ def _write_all(fd: int, data: memoryview | bytes) -> None:
 
 
 def write_chunk(
-    path: Path, fingerprint: bytes, key: bytes, payload: memoryview, *, fsync: bool = False
+    path: Path | str,
+    fingerprint: bytes,
+    key: bytes,
+    payload: memoryview,
+    *,
+    fsync: bool = False,
+    dir_fd: int | None = None,
 ) -> int:
     """Write atomically; readers see the old state or the complete file. Returns file bytes.
 
     On any error the temp file is removed and the error propagates.
     """
     header = ChunkHeader(fingerprint, key, payload.nbytes, checksum(payload))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    if dir_fd is None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{os.fspath(path)}{TMP_MARKER}{os.getpid()}.{secrets.token_hex(4)}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o644, dir_fd=dir_fd)
     try:
         try:
             _write_all(fd, header.pack())
@@ -103,16 +118,36 @@ def write_chunk(
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
+        os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
         raise
     return header.file_bytes
 
 
-def read_header(path: Path, fingerprint: bytes, key: bytes) -> ChunkHeader:
+def open_regular(path: Path | str, dir_fd: int | None = None) -> int:
+    """A read-only fd of ``path`` if it is a regular file, else ``CorruptChunk``/``OSError``.
+
+    lstat first, so a FIFO or device is never opened; O_NOFOLLOW and O_NONBLOCK in case one is
+    swapped in after that check: a symlink then fails (ELOOP) instead of leading elsewhere, and
+    opening a FIFO returns at once (then fails the fstat check) instead of waiting for a writer.
+    """
+    if not stat.S_ISREG(os.stat(path, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+        raise CorruptChunk("not a regular file")
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = os.open(path, flags, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptChunk("not a regular file")
+    return fd
+
+
+def read_header(
+    path: Path | str, fingerprint: bytes, key: bytes, *, dir_fd: int | None = None
+) -> ChunkHeader:
     """Header of ``path`` if it names this fingerprint and key and the size matches."""
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path, dir_fd), "rb") as f:
         header = ChunkHeader.unpack(f.read(HEADER_BYTES))
         size = os.fstat(f.fileno()).st_size
     _check_identity(header, fingerprint, key, size)
@@ -128,13 +163,20 @@ def _check_identity(header: ChunkHeader, fingerprint: bytes, key: bytes, size: i
         raise CorruptChunk(f"torn file: {size} bytes, header says {header.file_bytes}")
 
 
-def read_chunk(path: Path, fingerprint: bytes, key: bytes, out: memoryview | None = None) -> int:
+def read_chunk(
+    path: Path | str,
+    fingerprint: bytes,
+    key: bytes,
+    out: memoryview | None = None,
+    *,
+    dir_fd: int | None = None,
+) -> int:
     """Read and validate the payload into ``out`` (or just validate when ``out`` is None).
 
     ``out`` must be a writable byte view of at least the payload length. Returns the payload
     length. Raises ``CorruptChunk`` or ``OSError``; ``out`` may then hold garbage.
     """
-    with open(path, "rb", buffering=0) as f:
+    with os.fdopen(open_regular(path, dir_fd), "rb", buffering=0) as f:
         header = ChunkHeader.unpack(f.read(HEADER_BYTES))
         _check_identity(header, fingerprint, key, os.fstat(f.fileno()).st_size)
         n = header.payload_bytes

@@ -6,12 +6,17 @@ Primitives:
 
 flock locks belong to the open file description, so a second ``DirLock`` on the same
 directory conflicts even inside one process; the kernel drops the lock if the process dies.
+The lock file is opened with O_NOFOLLOW (relative to ``dir_fd`` when given): a symlink planted
+at ``.lock`` is removed rather than followed, so the pid is never written into another file.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 
@@ -23,14 +28,15 @@ class DirLockBusy(Exception):
 
 
 class DirLock:
-    __slots__ = ("path", "_fd")
+    __slots__ = ("path", "_dir_fd", "_fd")
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, dir_fd: int | None = None) -> None:
         self.path = directory / ".lock"
+        self._dir_fd = dir_fd
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -43,6 +49,22 @@ class DirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+
+    def _open(self) -> int:
+        name = self.path if self._dir_fd is None else self.path.name
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(name, flags, 0o644, dir_fd=self._dir_fd)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            if not stat.S_ISLNK(os.stat(name, dir_fd=self._dir_fd, follow_symlinks=False).st_mode):
+                raise
+            # No kvpanel process can hold a lock through a link (it would have failed here
+            # too), so removing the link cannot split two owners onto different inodes.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=self._dir_fd)
+            return os.open(name, flags, 0o644, dir_fd=self._dir_fd)
 
     def release(self) -> None:
         if self._fd is None:

@@ -5,14 +5,17 @@ Primitives:
 - ``DiskTier``: index + LRU of this fingerprint's chunk files, capacity enforcement,
   a single background writer thread fed by a bounded queue, validated reads.
 
-Nothing here raises into the serving path after construction: write failures turn into a
-"full" tier that stops admitting for a while, read failures into misses (the bad file is
-deleted so it cannot be served again).
+Nothing here raises into the serving path after construction: a full filesystem (ENOSPC,
+EDQUOT) turns into a "full" tier that stops admitting for a while, other write failures into
+an error for that chunk alone, read failures into misses (the bad file is deleted so it cannot
+be served again). Files are reached through disk_dirs.ShardDirs, never through a symlink.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import os
 import queue
 import threading
@@ -24,12 +27,17 @@ import torch
 
 from kvpanel.cache import disk_format as fmt
 from kvpanel.cache.buffers import Payload, as_byte_view
+from kvpanel.cache.disk_dirs import ShardDirs, prepare_fp_dir, scan_chunks
 from kvpanel.cache.disk_lock import DirLock, DirLockBusy
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.lru import LruIndex
 from kvpanel.cache.stats import TierCounters, TierStats
 
+log = logging.getLogger("kvpanel")
+
 OnDone = Callable[[bool], None]
+# Only these mean the filesystem is out of room; any other write error is about one chunk path.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _Job = tuple[ChunkKey, Payload, OnDone | None]
 
 
@@ -49,18 +57,33 @@ class DiskTier:
         full_retry_s: float = 30.0,
     ) -> None:
         self._fp_digest = fp.digest()
+        # Exactly what the store writes (one whole CPU slot), so a valid checksum over fewer
+        # bytes can never leave the rest of a slot holding another chunk's KV.
+        self._payload_len = fp.chunk_bytes
         self._fsync = fsync
         self._full_retry_s = full_retry_s
         self._capacity = max(0, capacity_bytes)
-        self.dir = _prepare_dir(Path(root), fp)
-        self._dir_lock = DirLock(self.dir)
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise DiskTierError(f"disk cache path {root} exists and is not a directory")
+        try:
+            self._shards = ShardDirs(prepare_fp_dir(root, fp))
+        except OSError as e:
+            raise DiskTierError(f"disk cache path {root} is not usable: {e}") from e
+        self.dir = root / fp.hex()
+        self._dir_lock = DirLock(self.dir, dir_fd=self._shards.fp_fd)
         try:
             self._dir_lock.acquire()
         except DirLockBusy as e:
+            self._shards.close()
             raise DiskTierError(
                 f"disk cache dir {self.dir} is in use by another kvpanel process "
                 f"(pid {e.holder_pid})"
             ) from None
+        except OSError as e:
+            self._shards.close()
+            raise DiskTierError(f"disk cache dir {self.dir} cannot be locked: {e}") from e
+        self._warned = False
         self._lock = threading.Lock()
         self._sizes: dict[ChunkKey, int] = {}  # file bytes per chunk
         self._lru: LruIndex[ChunkKey] = LruIndex()
@@ -131,7 +154,7 @@ class DiskTier:
             return False
         if out.numel() < n:
             raise ValueError(f"read_into: destination holds {out.numel()} bytes, chunk is {n}")
-        return self._read(key, out.numpy().data.cast("B"))
+        return self._read(key, out.numpy().data.cast("B")[:n])
 
     def _payload_bytes(self, key: ChunkKey) -> int | None:
         with self._lock:
@@ -139,22 +162,24 @@ class DiskTier:
         return None if size is None else size - fmt.HEADER_BYTES
 
     def _read(self, key: ChunkKey, out: memoryview) -> bool:
-        path = fmt.chunk_path(self.dir, key)
         with self._lock:
             if key not in self._sizes:
                 return False
         try:
-            n = fmt.read_chunk(path, self._fp_digest, key, out)
-        except (fmt.CorruptChunk, OSError):
+            with self._shards.opened(key) as (dir_fd, name):
+                n = fmt.read_chunk(name, self._fp_digest, key, out, dir_fd=dir_fd)
+                if n != self._payload_len:
+                    raise fmt.CorruptChunk(f"payload of {n} bytes, chunks are {self._payload_len}")
+                with contextlib.suppress(OSError):  # mtime carries LRU order across restarts
+                    os.utime(name, dir_fd=dir_fd, follow_symlinks=False)
+        except (fmt.CorruptChunk, OSError, ValueError):
             # Never serve doubtful bytes: forget the chunk and delete its file. A file evicted
-            # under our feet is no error, just a miss.
+            # under our feet is no error, just a miss. (ValueError: the file grew past a slot.)
             if self._forget(key, delete=True):
                 self._counters.add(errors=1)
             return False
         with self._lock:
             self._lru.touch(key)
-        with contextlib.suppress(OSError):
-            os.utime(path)  # mtime carries LRU order across restarts
         self._counters.add(bytes_out=n)
         return True
 
@@ -208,6 +233,7 @@ class DiskTier:
         self._queue.put(None)  # the writer drains everything queued before the sentinel
         self._writer.join()
         self._dir_lock.release()
+        self._shards.close()
 
     def _writer_loop(self) -> None:
         while True:
@@ -231,6 +257,9 @@ class DiskTier:
         except (ValueError, TypeError):
             self._counters.add(errors=1)
             return False
+        if payload.nbytes != self._payload_len:
+            self._counters.add(errors=1)  # would be refused when read back: never store it
+            return False
         size = fmt.HEADER_BYTES + payload.nbytes
         with self._lock:
             if key in self._sizes:
@@ -238,13 +267,18 @@ class DiskTier:
         if not self._enforce_capacity(size):
             return False
         try:
-            fmt.write_chunk(
-                fmt.chunk_path(self.dir, key), self._fp_digest, key, payload, fsync=self._fsync
-            )
-        except OSError:
+            with self._shards.opened(key, create=True) as (dir_fd, name):
+                fmt.write_chunk(
+                    name, self._fp_digest, key, payload, fsync=self._fsync, dir_fd=dir_fd
+                )
+        except OSError as e:
+            full = e.errno in _FULL_ERRNOS
             with self._lock:
                 self._reserved -= size
-                self._full_since = time.monotonic()
+                if full:
+                    self._full_since = time.monotonic()
+            if not full:
+                self._warn_once("cannot write chunk %s: %s", key.hex(), e)
             self._counters.add(errors=1)
             return False
         with self._lock:
@@ -295,7 +329,7 @@ class DiskTier:
                     break
                 self._used -= self._sizes.pop(victim)
                 self._full_since = None  # space freed: try admitting again
-            fmt.chunk_path(self.dir, victim).unlink(missing_ok=True)
+            self._shards.unlink(victim)
             evicted.append(victim)
         if evicted:
             self._counters.add(evictions=len(evicted))
@@ -326,48 +360,23 @@ class DiskTier:
                 self._used -= size
                 self._full_since = None
         if delete:
-            with contextlib.suppress(OSError):
-                fmt.chunk_path(self.dir, key).unlink(missing_ok=True)
+            self._shards.unlink(key)
         return size is not None
+
+    def count_error(self) -> None:
+        """An error found outside the tier (a promotion given up on)."""
+        self._counters.add(errors=1)
+
+    def _warn_once(self, msg: str, *args: object) -> None:
+        # Per-chunk errors are counted in the stats; the log says what the first one was.
+        if not self._warned:
+            self._warned = True
+            log.warning("disk cache %s: " + msg, self.dir, *args)
 
     def _rebuild_index(self) -> None:
         """Index this fingerprint's files from their headers; delete torn and temp files."""
-        found: list[tuple[float, ChunkKey, int]] = []
-        for sub in self.dir.iterdir():
-            if not sub.is_dir():
-                continue
-            for path in sub.iterdir():
-                name = path.name
-                if fmt.TMP_MARKER in name:
-                    path.unlink(missing_ok=True)  # a writer died mid-write
-                    continue
-                if not name.endswith(fmt.SUFFIX):
-                    continue
-                try:
-                    key = ChunkKey(bytes.fromhex(name[: -len(fmt.SUFFIX)]))
-                    header = fmt.read_header(path, self._fp_digest, key)
-                    mtime = path.stat().st_mtime
-                except (ValueError, OSError, fmt.CorruptChunk):
-                    path.unlink(missing_ok=True)
-                    self._counters.add(errors=1)
-                    continue
-                found.append((mtime, key, header.file_bytes))
-        found.sort()
-        for _mtime, key, size in found:
+        scan = scan_chunks(self._shards.fp_fd, self._fp_digest, self._payload_len, self.dir)
+        self._counters.add(errors=scan.errors)
+        scan.found.sort()
+        for _mtime, key, size in scan.found:
             self._add(key, size)
-
-
-def _prepare_dir(root: Path, fp: Fingerprint) -> Path:
-    if root.exists() and not root.is_dir():
-        raise DiskTierError(f"disk cache path {root} exists and is not a directory")
-    fp_dir = root / fp.hex()
-    try:
-        fp_dir.mkdir(parents=True, exist_ok=True)
-        # Prove writability with a real file: os.access lies for root and read-only mounts.
-        probe = fp_dir / f".probe{fmt.TMP_MARKER}{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-        (fp_dir / "fingerprint.json").write_text(fp.to_json() + "\n")
-    except OSError as e:
-        raise DiskTierError(f"disk cache path {root} is not usable: {e}") from e
-    return fp_dir

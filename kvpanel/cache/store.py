@@ -6,6 +6,10 @@ Primitives:
   (Redis, ``remote_url``); CPU commits are written through to both in the background, and
   lookups go CPU -> disk -> remote, promoting hits into CPU slots in the background.
 
+A disk promotion running past ``promote_timeout_s`` (a read that hangs, e.g. on a dead NFS
+server) is given up on: its key answers MISS, a replacement worker promotes the other keys, and
+its CPU slot stays reserved (WRITING, never readable) until the read returns.
+
 Remote lookups never do I/O on the caller's (scheduler's) thread: a key the remote tier may
 have is answered PENDING while a fetch thread GETs it; absent or invalid values end as a MISS
 on a later poll (the remote tier remembers them briefly), valid ones as a CPU HIT. A CPU slot
@@ -31,6 +35,7 @@ from kvpanel.cache.buffers import copy_into
 from kvpanel.cache.cpu_tier import CpuTier, Reservation
 from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.keys import ChunkKey, Fingerprint
+from kvpanel.cache.promoter import Promotion, PromotionPool
 from kvpanel.cache.stats import TierStats, TransferTotals
 
 if TYPE_CHECKING:  # imported when used: redis-py is only needed with a remote_url
@@ -54,7 +59,8 @@ class TieredStore:
         disk_path: str | Path | None = None,
         disk_bytes: int = 0,
         pin_memory: bool = False,
-        promote_workers: int = 1,
+        promote_workers: int = 4,
+        promote_timeout_s: float = 10.0,
         remote_url: str | None = None,
         remote_workers: int = 4,
         remote_options: Mapping[str, Any] | None = None,
@@ -68,10 +74,11 @@ class TieredStore:
             self.disk = DiskTier(disk_path, fp, disk_bytes)
         self._transfers = TransferTotals()
         self._lock = threading.Lock()
-        self._pending: dict[ChunkKey, Future[None]] = {}
-        self._promoter = ThreadPoolExecutor(
-            max_workers=max(1, promote_workers), thread_name_prefix="kvpanel-promote"
-        )
+        self._pending: dict[ChunkKey, Future[None] | Promotion] = {}
+        self._given_up: set[ChunkKey] = set()  # promotions past their deadline, still running
+        self._promote_timeout_s = promote_timeout_s
+        self._next_sweep = 0.0
+        self._promoter = PromotionPool(promote_workers, name="kvpanel-promote")
         # Redis errors never raise from here (an unreachable Redis is an unhealthy tier); a
         # malformed URL does, as a ValueError, since that is a configuration mistake.
         self.remote: RemoteTier | None = None
@@ -93,6 +100,9 @@ class TieredStore:
         """HIT (in CPU), PENDING (being promoted from disk/Redis), or MISS. ``count=False``:
         answer without counting, for a caller that asks again about the same request."""
         with self._lock:
+            self._give_up_overdue()
+            if key in self._given_up:
+                return LookupState.MISS
             if key in self._pending:
                 return LookupState.PENDING  # counted when the promotion started
             if self.cpu.lookup(key, count):
@@ -105,7 +115,10 @@ class TieredStore:
                 res = self.cpu.reserve([key])
                 if res is None or not res.keys:
                     return LookupState.MISS
-                self._pending[key] = self._promoter.submit(self._promote, key, res.slots[0])
+                slot = res.slots[0]
+                self._pending[key] = self._promoter.submit(
+                    lambda job: self._promote(job, key, slot)
+                )
                 return LookupState.PENDING
             if self.remote is None or self._fetcher is None or not self.remote.may_have(key, count):
                 return LookupState.MISS
@@ -113,18 +126,38 @@ class TieredStore:
             return LookupState.PENDING
 
     def has_pending(self) -> bool:
+        """Work the engine should keep stepping for (promotions given up on are not)."""
         with self._lock:
+            self._give_up_overdue()
             return bool(self._pending)
 
-    def _promote(self, key: ChunkKey, slot: int) -> None:
+    def _give_up_overdue(self) -> None:
+        # Called with the store lock held, on lookups and polls (at most every 50 ms): an
+        # overdue promotion is noticed even if nobody asks about its key again.
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + 0.05
+        for key, job in list(self._pending.items()):
+            if isinstance(job, Promotion) and job.overdue(self._promote_timeout_s, now):
+                del self._pending[key]
+                self._given_up.add(key)
+                self._promoter.give_up(job)
+                if self.disk is not None:
+                    self.disk.count_error()
+
+    def _promote(self, job: Promotion, key: ChunkKey, slot: int) -> None:
         ok = False
         try:
             assert self.disk is not None
-            ok = self.disk.read_into(key, self.cpu.view(slot))
+            if not job.given_up:  # given up on before it started: only release the slot
+                ok = self.disk.read_into(key, self.cpu.view(slot))
         finally:
+            # Also when given up on: the slot was reserved (WRITING, never served) until now.
             self.cpu.commit([key], success=ok)
             with self._lock:
                 self._pending.pop(key, None)
+                self._given_up.discard(key)
 
     def _fetch_remote(self, key: ChunkKey) -> None:
         remote = self.remote
@@ -260,7 +293,7 @@ class TieredStore:
             if self._closed:
                 return
             self._closed = True
-        self._promoter.shutdown(wait=True)
+        self._promoter.shutdown(wait=True)  # not for promotions given up on
         if self._fetcher is not None:
             self._fetcher.shutdown(wait=True)
         if self.disk is not None:

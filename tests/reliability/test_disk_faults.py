@@ -6,8 +6,10 @@ tests/vllm_ext/test_engine_e2e.py::test_corrupt_or_truncated_disk_files_are_miss
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -145,3 +147,83 @@ def test_disk_full_while_serving(tiny_llama, tmp_path, tmpfs):
         assert server.stop() == 0
     valid, temps = validate_disk_dir(disk)
     assert valid >= 1 and temps == []
+
+
+def _new_files(result: dict, root: Path) -> list[list[Path]]:
+    """Per round, the chunk files that round added (a round here is one prompt)."""
+    seen: set[str] = set()
+    out = []
+    for rnd in result["rounds"]:
+        out.append([root / f for f in rnd["disk_files"] if f not in seen])
+        seen.update(rnd["disk_files"])
+    return out
+
+
+def _tree(d: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.vllm
+def test_hostile_disk_dir_contents_in_real_vllm(models, tmp_path):
+    """A FIFO, a chunk with a valid checksum over 16 bytes, a directory named like a chunk, one
+    named like a temp file and a shard folder symlinked to elsewhere, planted into a real disk
+    cache dir: the engine comes up on it, untouched chunks still hit, every greedy output equals
+    recompute, and nothing behind the link is read, deleted or written."""
+    prompts = [prompt(40 + i, 600) for i in range(4)]  # 2 full chunks each
+    root = tmp_path / "disk"
+    settings = {"cpu_bytes": 64 * MiB, "disk_path": str(root), "disk_bytes": 256 * MiB}
+    ref = run_engine(
+        {"model": models["llama"], "settings": settings, "rounds": [[p] for p in prompts]},
+        tmp_path / "ref",
+    )
+    files = _new_files(ref, root)
+    assert [len(f) for f in files] == [2, 2, 2, 2]
+    (fp_dir,) = [d for d in root.iterdir() if d.is_dir()]
+    fp = Fingerprint.from_json((fp_dir / "fingerprint.json").read_text())
+    # Prompt 0: both chunks bad. A FIFO, and a valid header + checksum over a 16-byte payload.
+    fifo, short = files[0]
+    fifo.unlink()
+    os.mkfifo(fifo)
+    short_key = bytes.fromhex(short.name[: -len(fmt.SUFFIX)])
+    short.unlink()
+    fmt.write_chunk(short, fp.digest(), short_key, memoryview(bytes(range(16))))
+    # Prompt 1: untouched, but its shard folder also holds a directory named like a temp file.
+    tmp_dir = files[1][0].parent / "x.tmp.1"
+    tmp_dir.mkdir()
+    (tmp_dir / "inside").write_bytes(b"t")
+    # Prompt 2: one chunk file replaced by a non-empty directory (unlink cannot remove it).
+    as_dir = files[2][0]
+    as_dir.unlink()
+    as_dir.mkdir()
+    (as_dir / "inside").write_bytes(b"d")
+    # Prompt 3: one chunk's shard folder moved out and linked back, with a temp file and a
+    # junk .kvc beside the (valid) chunk, which the old code deleted and indexed.
+    all_files = [f for fs in files for f in fs]
+    linked = next(f for f in files[3] if sum(g.parent == f.parent for g in all_files) == 1)
+    elsewhere = tmp_path / "elsewhere"
+    linked.parent.rename(elsewhere)
+    (elsewhere / f"{linked.name}.tmp.99.abcd").write_bytes(b"partial")
+    (elsewhere / "0123.kvc").write_bytes(b"junk")
+    linked.parent.symlink_to(elsewhere, target_is_directory=True)
+    before = _tree(elsewhere)
+
+    run = run_engine(
+        {"model": models["llama"], "settings": settings, "rounds": [prompts]},
+        tmp_path / "run",
+        timeout=400,
+    )
+    outs, refs = run["rounds"][0]["outputs"], [r["outputs"][0] for r in ref["rounds"]]
+    for out, expected in zip(outs, refs, strict=True):
+        assert out["tokens"] == expected["tokens"]
+        pairs = zip(out["logprobs"], expected["logprobs"], strict=True)
+        assert max(abs(x - y) for x, y in pairs) <= 1e-3
+    assert [o["cached"] for o in outs][:2] == [0, 512]  # prompt 1's chunks still hit
+    assert outs[2]["cached"] in (0, 256) and outs[3]["cached"] in (0, 256)
+    disk = run["rounds"][0]["tiers"]["disk"]
+    assert disk["errors"] >= 5 and disk["healthy"] and disk["note"] == "", disk
+    assert _tree(elsewhere) == before
+    assert linked.parent.is_dir() and not linked.parent.is_symlink()  # a real one, re-stored
+    assert (tmp_dir / "inside").read_bytes() == b"t" and (as_dir / "inside").read_bytes() == b"d"
+    for f in (fifo, short, linked):  # dropped, then re-stored whole, through real folders
+        key = bytes.fromhex(f.name[: -len(fmt.SUFFIX)])
+        assert fmt.read_header(f, fp.digest(), key).payload_bytes == fp.chunk_bytes

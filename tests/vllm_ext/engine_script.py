@@ -3,7 +3,8 @@
 Started as a subprocess by the tests (vLLM spawns processes and keeps global state, so each
 scenario gets a fresh interpreter). Writes one JSON document with, per round and prompt, the
 greedy output token ids, their logprobs and vLLM's cached-token count, plus kvpanel's tier stats
-and vLLM's external prefix-cache counters after each round.
+and vLLM's external prefix-cache counters after each round (and the disk tier's chunk files,
+relative to its path, when it has one).
 
     python -m tests.vllm_ext.engine_script SPEC.json OUT.json
 SPEC: {"model": dir, "settings": {CacheSettings fields}, "rounds": [[[token ids], ...], ...],
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -81,7 +83,11 @@ def main(spec_path: str, out_path: str) -> None:
         for s in stores.values():
             s.flush(timeout=60)
         stats = {name: t.to_dict() for s in stores.values() for name, t in s.stats().items()}
-        result["rounds"].append({"outputs": outs, "tiers": stats, "vllm": external_hits(llm)})
+        rnd = {"outputs": outs, "tiers": stats, "vllm": external_hits(llm)}
+        if settings.disk_path:  # which chunk files each round left, for tests that tamper
+            disk = Path(settings.disk_path)
+            rnd["disk_files"] = sorted(str(p.relative_to(disk)) for p in disk.rglob("*.kvc"))
+        result["rounds"].append(rnd)
     with open(out_path, "w") as f:
         json.dump(result, f)
     runtime.close_all()

@@ -1,0 +1,234 @@
+"""The folders below a disk cache root, opened without ever following a symlink.
+
+Primitives:
+- ``open_real_dir``: a directory under a directory fd; a symlink in its place is removed (the
+  link, never what it points to) and a real directory made instead.
+- ``prepare_fp_dir``: ``<root>/<fingerprint hex>`` as an fd, proven writable, with
+  ``fingerprint.json`` written. The root itself may be a symlink: that is the operator's choice.
+- ``ShardDirs``: the ``<key hex[:2]>`` shard folders of one fingerprint dir; owns its fd.
+- ``scan_chunks``: the index rebuild's walk: valid chunks, removed junk, counted odd entries.
+
+The cache dir may be shared with other users. Everything below the root is opened relative to
+the fingerprint dir's fd with O_NOFOLLOW, so a shard folder swapped for a link to elsewhere,
+even between a check and its use, is never read, written or deleted into.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvpanel.cache import disk_format as fmt
+from kvpanel.cache.keys import ChunkKey, Fingerprint
+
+log = logging.getLogger("kvpanel")
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_real_dir(name: str, dir_fd: int, *, create: bool) -> int:
+    """fd of the real directory ``name`` in ``dir_fd``; ``OSError`` if it cannot be had safely
+    (absent and not ``create``, a file in its place, a link planted again meanwhile)."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            raise
+    except OSError as e:
+        if not create or e.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+        if not stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            raise  # a file or FIFO named like our folder: not ours to remove
+        os.unlink(name, dir_fd=dir_fd)  # the link itself; its target is never touched
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, 0o755, dir_fd=dir_fd)
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def prepare_fp_dir(root: Path, fp: Fingerprint) -> int:
+    """fd of ``<root>/<fp hex>``; ``OSError`` if the root cannot hold it."""
+    root.mkdir(parents=True, exist_ok=True)
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fp_fd = open_real_dir(fp.hex(), root_fd, create=True)
+    finally:
+        os.close(root_fd)
+    try:
+        # Also proves writability with a real file: os.access lies for root and read-only mounts.
+        _write_atomic(fp_fd, "fingerprint.json", (fp.to_json() + "\n").encode())
+    except BaseException:
+        os.close(fp_fd)
+        raise
+    return fp_fd
+
+
+def _write_atomic(dir_fd: int, name: str, data: bytes) -> None:
+    # Replacing (not opening) the name: a symlink planted there is replaced, not written through.
+    tmp = f".{name}{fmt.TMP_MARKER}{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+    try:
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def _split(key: bytes) -> tuple[str, str]:
+    path = fmt.chunk_path(Path(), key)  # the layout is defined in one place
+    return path.parent.name, path.name
+
+
+class ShardDirs:
+    """Chunk files by key, each reached through its shard folder's own fd.
+
+    Owns the fingerprint dir's fd. ``close`` defers closing it until the last ``opened`` user
+    is done: a promotion given up on may return long after the tier closed, and an fd number
+    closed under it could meanwhile name another directory, where it would read and delete.
+    """
+
+    def __init__(self, fp_fd: int) -> None:
+        self.fp_fd = fp_fd
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closing = False
+
+    @contextlib.contextmanager
+    def opened(self, key: bytes, *, create: bool = False) -> Iterator[tuple[int, str]]:
+        """``(shard dir fd, file name)`` of ``key``'s chunk; ``OSError`` if the shard is not a
+        real directory (``create``: made one if absent or a symlink) or the tier is closed."""
+        with self._lock:
+            if self._closing:
+                raise OSError(errno.EBADF, "disk tier closed")
+            self._users += 1
+        try:
+            shard, name = _split(key)
+            fd = open_real_dir(shard, self.fp_fd, create=create)
+            try:
+                yield fd, name
+            finally:
+                os.close(fd)
+        finally:
+            with self._lock:
+                self._users -= 1
+                last = self._closing and self._users == 0
+            if last:
+                os.close(self.fp_fd)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            last = self._users == 0
+        if last:
+            os.close(self.fp_fd)
+
+    def unlink(self, key: bytes) -> None:
+        """Remove ``key``'s file if there is one; never raises (a directory there stays)."""
+        with contextlib.suppress(OSError), self.opened(key) as (fd, name):
+            os.unlink(name, dir_fd=fd)
+
+
+@dataclass
+class ChunkScan:
+    found: list[tuple[float, ChunkKey, int]] = field(default_factory=list)  # mtime, key, bytes
+    errors: int = 0
+    odd: list[str] = field(default_factory=list)  # entries skipped, named in one log line
+
+
+def scan_chunks(fp_fd: int, fp_digest: bytes, payload_bytes: int, where: Path) -> ChunkScan:
+    """Index the chunk files of a fingerprint dir; never raises on what other users put there.
+
+    Torn, foreign, wrong-sized or non-regular chunk files and temp files are removed (unlink
+    takes a name, never what a link points to); directories named like them and symlinked
+    shard folders are never entered. Each of those counts as one error.
+    """
+    scan = ChunkScan()
+    try:
+        with os.scandir(fp_fd) as it:
+            shards = [e for e in it if not e.name.startswith(".")]
+    except OSError as e:  # our own folder: the tier starts empty, writes will tell
+        scan.errors += 1
+        scan.odd.append(f". ({e})")
+        shards = []
+    for entry in shards:
+        try:
+            if entry.is_symlink():
+                scan.errors += 1
+                scan.odd.append(entry.name)
+                with contextlib.suppress(OSError):  # a real one is made when a chunk needs it
+                    os.unlink(entry.name, dir_fd=fp_fd)
+                continue
+            if not entry.is_dir(follow_symlinks=False):
+                continue  # fingerprint.json, .lock
+            fd = open_real_dir(entry.name, fp_fd, create=False)
+        except OSError:
+            scan.errors += 1  # unreadable, or swapped for something else since the listing
+            scan.odd.append(entry.name)
+            continue
+        try:
+            _scan_shard(fd, entry.name, fp_digest, payload_bytes, scan)
+        except OSError:
+            scan.errors += 1
+            scan.odd.append(entry.name)
+        finally:
+            os.close(fd)
+    if scan.odd:
+        log.warning(
+            "disk cache %s: skipped %d entries that are neither chunk files nor real folders "
+            "(e.g. %s): never entered, followed or served (links themselves are removed)",
+            where,
+            len(scan.odd),
+            ", ".join(scan.odd[:3]),
+        )
+    return scan
+
+
+def _is_real_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return True  # cannot tell: leave it alone, as a directory would be
+
+
+def _scan_shard(fd: int, shard: str, fp_digest: bytes, payload_bytes: int, scan: ChunkScan) -> None:
+    with os.scandir(fd) as it:
+        entries = list(it)
+    for entry in entries:
+        name = entry.name
+        is_tmp = fmt.TMP_MARKER in name
+        if not is_tmp and not name.endswith(fmt.SUFFIX):
+            continue
+        if _is_real_dir(entry):
+            scan.errors += 1
+            scan.odd.append(f"{shard}/{name}")
+            continue
+        if is_tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=fd)  # a writer died mid-write
+            continue
+        try:
+            key = ChunkKey(bytes.fromhex(name[: -len(fmt.SUFFIX)]))
+            header = fmt.read_header(name, fp_digest, key, dir_fd=fd)
+            if header.payload_bytes != payload_bytes:
+                raise fmt.CorruptChunk(f"payload of {header.payload_bytes} bytes")
+            mtime = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime
+        except (ValueError, OSError, fmt.CorruptChunk):
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=fd)
+            scan.errors += 1
+            continue
+        scan.found.append((mtime, key, header.file_bytes))
