@@ -11,6 +11,7 @@ import pytest
 
 from kvpanel.serve.auth import ensure_token, read_token_file
 from kvpanel.serve.state_dir import StateDirError
+from tests.redis_server import environment_skip
 
 
 def mode(path: Path) -> int:
@@ -99,7 +100,7 @@ def test_token_file_of_another_user_is_refused(
 
 def test_foreign_file_in_own_dir_is_refused(tmp_path: Path) -> None:
     if os.geteuid() != 0:  # only root can give a file away; CI runs as root
-        pytest.skip("needs root to chown a file to another uid")
+        environment_skip("needs root to chown a file to another uid (CI runs as root)")
     state = tmp_path / "state"
     token, path = ensure_token(state, None)
     os.chown(path, 65534, 65534)
