@@ -67,38 +67,51 @@ def _read_token(path: Path) -> tuple[str, int] | None:
     return text, stat.S_IMODE(st.st_mode)
 
 
-def _write_token(state_dir: Path, token: str) -> Path:
+def _write_token(state_dir: Path, token: str, only_if_absent: bool = False) -> bool:
+    """Store ``token`` (False: ``only_if_absent`` and another process stored one first)."""
     path = state_dir / TOKEN_FILE
     _read_token(path)  # refuses a symlink, a non-regular file or a foreign file at the path
-    tmp = state_dir / f".{TOKEN_FILE}.tmp.{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
+    tmp = state_dir / f".{TOKEN_FILE}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, 0o600)
     try:
         os.fchmod(fd, 0o600)  # the umask may have narrowed it; never wider than 0600
         with os.fdopen(fd, "w") as f:
             f.write(token + "\n")
-        os.replace(tmp, path)  # replaces the name, never writes through it
+        if only_if_absent:  # two servers starting on one state dir must agree on one token
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        else:
+            os.replace(tmp, path)  # replaces the name, never writes through it
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return path
+    return True
 
 
 def ensure_token(state_dir: Path, given: str | None) -> tuple[str, Path]:
     """The server's token and its file: ``given``, else the file's (valid, 0600), else new."""
     prepare_state_dir(state_dir)
     path = state_dir / TOKEN_FILE
-    if given is None:
+    if given is not None:
+        _write_token(state_dir, given)
+        return given, path
+    for _ in range(3):
         existing = _read_token(path)
         if existing is not None:
             token, mode = existing
             if mode == 0o600 and _REUSABLE.fullmatch(token):
                 return token, path
-    token = given or secrets.token_urlsafe(24)
-    return token, _write_token(state_dir, token)
+        token = secrets.token_urlsafe(24)
+        # Replace a file not fit for reuse; create one only where another process did not.
+        if _write_token(state_dir, token, only_if_absent=existing is None):
+            return token, path
+    raise StateDirError(f"{path} keeps changing while being read; is another server writing it?")
 
 
 def read_token_file(path: Path) -> str | None:

@@ -124,3 +124,23 @@ def test_state_dir_that_is_a_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     with pytest.raises(OSError):
         ensure_token(tmp_path / "f", None)
+
+
+def test_servers_starting_together_agree_on_one_token(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    tokens: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def start() -> None:
+        barrier.wait()
+        tokens.append(ensure_token(state, None)[0])
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(tokens) == 8 and len(set(tokens)) == 1
+    assert (state / "token").read_text().strip() == tokens[0]
+    assert sorted(p.name for p in state.iterdir()) == ["token"]  # no temp file left
