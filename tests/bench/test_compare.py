@@ -41,6 +41,16 @@ def test_serve_failure_reports_stderr() -> None:
         ServeProcess.start(argv, ready_timeout_s=30)
 
 
+def test_token_comes_from_the_file_the_ready_line_names() -> None:
+    argv = serve_command(shlex.split(SERVE), "m", "none")
+    server = ServeProcess.start(argv, ready_timeout_s=30)
+    try:
+        assert server.ready_event is not None and "token" not in server.ready_event
+        assert server.token == "fake-token-0123456789"
+    finally:
+        assert server.stop() == 0
+
+
 def test_serve_ready_timeout() -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(30)"]
     with pytest.raises(ServeFailed, match="not ready after"):
