@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kvpanel.redact import display_url
+
 GB = 1 << 30
 TIERS = ("cpu", "disk", "remote")
 # A sanity bound: sizes beyond this are typos (e.g. bytes given where GB were meant).
@@ -73,7 +75,8 @@ class CacheSettings:
             ("redis://", "rediss://", "redis+cluster://")
         ):
             raise ConfigError(
-                f"remote_url {self.remote_url!r} is not supported: use redis://host:port[/db]"
+                f"remote_url {display_url(self.remote_url)!r} is not supported: "
+                "use redis://host:port[/db]"
             )
         return replace(self, disk_path=disk_path)
 

@@ -41,6 +41,7 @@ from kvpanel.bench.server_proc import (
     serve_command,
     serve_env,
 )
+from kvpanel.redact import redact_argv
 
 BASELINE = "vanilla"
 
@@ -106,7 +107,7 @@ def run_modes(
         argv = build_argv(offload)
         outcome = ModeOutcome(mode=mode, offload=offload, argv=argv)
         outcomes.append(outcome)
-        print(f"[{mode}] starting: {shlex.join(argv)}", file=out, flush=True)
+        print(f"[{mode}] starting: {shlex.join(redact_argv(argv))}", file=out, flush=True)
         log_path = _log_path(mode, offload, log_dir)
         outcome.log_path = str(log_path) if log_path else None
         env = serve_env(offload) if offload == "lmcache" else None
@@ -230,7 +231,7 @@ def comparison_dict(
                 row[k] = _json_num(v)
             elif isinstance(v, list):
                 row[k] = [_json_num(x) for x in v]
-        row["command"] = o.argv
+        row["command"] = redact_argv(o.argv)  # results are shared: no password or token
         row["server_exit_code"] = o.exit_code
         row["last_status"] = o.last_status
         row["files"] = o.files

@@ -1,8 +1,9 @@
 """Running ``kvpanel serve`` as a subprocess for a benchmark: start, wait for ready, stop.
 
 The serve command prints JSON lines on stdout, the first being
-``{"event": "ready", "url": "http://127.0.0.1:PORT", "token": "..."}`` once the OpenAI server
-accepts requests, then status snapshots; its logs go to stderr; SIGTERM stops it (exit 0).
+``{"event": "ready", "url": "http://127.0.0.1:PORT", "token_file": "/path"}`` once the OpenAI
+server accepts requests (the control token is read from that file: it is never printed), then
+status snapshots; its logs go to stderr; SIGTERM stops it (exit 0).
 
     OFFLOAD_MODES                  - comparison name -> ``--offload`` value
     default_serve_prefix()         - how to invoke ``kvpanel serve`` from this interpreter
@@ -38,6 +39,7 @@ OFFLOAD_MODES = {
     "kvpanel": "kvpanel",
 }
 STDERR_TAIL = 200
+STDOUT_KEPT = 10_000
 # "RuntimeError: message" / "Exception: message" (a traceback's last line, maybe behind a prefix)
 _EXC_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S.*$")
 
@@ -89,6 +91,17 @@ def serve_env(offload: str, base: Mapping[str, str] | None = None) -> dict[str, 
     return env
 
 
+def _read_token(token_file: Any) -> str | None:
+    from kvpanel.serve.auth import read_token_file
+
+    if not token_file:
+        return None
+    try:
+        return read_token_file(Path(str(token_file)))
+    except (OSError, ValueError):  # ConfigError: an unsafe file is no token
+        return None
+
+
 class ServeProcess:
     """One ``kvpanel serve`` subprocess (in its own process group) and what it printed."""
 
@@ -101,6 +114,8 @@ class ServeProcess:
         self.argv = list(argv)
         self.url: str | None = None
         self.token: str | None = None
+        self.ready_event: dict[str, Any] | None = None
+        self.stdout_lines: deque[str] = deque(maxlen=STDOUT_KEPT)
         self.last_status: dict[str, Any] | None = None
         self.statuses: deque[dict[str, Any]] = deque(maxlen=1000)
         self._status_seen = threading.Condition()
@@ -148,6 +163,7 @@ class ServeProcess:
     def _read_stdout(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self.stdout_lines.append(line.rstrip("\n"))
             try:
                 event = json.loads(line)
             except ValueError:
@@ -156,8 +172,8 @@ class ServeProcess:
                 continue
             if event.get("event") == "ready" and not self._ready.is_set():
                 self.url = str(event.get("url") or "")
-                token = event.get("token")
-                self.token = str(token) if token else None
+                self.ready_event = event
+                self.token = _read_token(event.get("token_file"))
                 self._ready.set()
             else:
                 with self._status_seen:

@@ -28,6 +28,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 from redis.retry import Retry
 
 from kvpanel.cache.disk_format import HEADER_BYTES, ChunkHeader, CorruptChunk, checksum
+from kvpanel.redact import display_url
 
 KEY_PREFIX = "kvpanel"
 _SCHEMES = {
@@ -51,14 +52,20 @@ class RemoteUrl:
 
 
 def parse_url(url: str) -> RemoteUrl:
+    # Error messages name the URL in display form: it may carry a password.
+    shown = display_url(url)
     parts = urlsplit(url)
     if parts.scheme not in _SCHEMES:
         raise ValueError(
-            f"remote_url {url!r}: use redis://host:port[/db], rediss:// or redis+cluster://"
+            f"remote_url {shown!r}: use redis://host:port[/db], rediss:// or redis+cluster://"
         )
     scheme, cluster = _SCHEMES[parts.scheme]
     if not parts.hostname:
-        raise ValueError(f"remote_url {url!r} names no host")
+        raise ValueError(f"remote_url {shown!r} names no host")
+    try:
+        parts.port  # noqa: B018  (parsing it validates it)
+    except ValueError as e:
+        raise ValueError(f"remote_url {shown!r}: {e}") from None
     ttl: int | None = None
     rest: list[tuple[str, str]] = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -76,10 +83,7 @@ def parse_url(url: str) -> RemoteUrl:
         else:
             rest.append((name, value))  # redis-py's own options (e.g. ssl_cert_reqs)
     clean = urlunsplit((scheme, parts.netloc, parts.path, urlencode(rest), ""))
-    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    display = urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-    return RemoteUrl(clean, cluster, ttl, display)
+    return RemoteUrl(clean, cluster, ttl, shown)
 
 
 def key_prefix(fp_hex: str) -> str:

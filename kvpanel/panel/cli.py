@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from kvpanel.panel.backend import BackendError, HttpBackend, PanelBackend
 
@@ -43,9 +46,57 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token",
         default=os.environ.get("KVPANEL_TOKEN"),
-        help="bearer token of the control API (default: $KVPANEL_TOKEN)",
+        help="bearer token of the control API (default: $KVPANEL_TOKEN, else the token file "
+        "of a server on this machine)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        default=None,
+        help="the server's --state-dir, whose token file is read for a server on this machine "
+        "(default ~/.local/state/kvpanel)",
     )
     parser.add_argument("--timeout", type=float, default=5.0, help="HTTP timeout in seconds")
+
+
+def _is_local(url: str) -> bool:
+    try:
+        host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(args: argparse.Namespace, prog: str) -> str | None:
+    """--token / $KVPANEL_TOKEN, else the local server's token file. Only for a loopback URL:
+    this machine's token must not be sent to another host. Raises SystemExit(2) on trouble."""
+    if args.token:
+        return str(args.token)
+    from kvpanel.serve.auth import TOKEN_FILE, read_token_file
+    from kvpanel.settings import ConfigError, default_state_dir
+
+    path = Path(args.state_dir).expanduser() if args.state_dir else default_state_dir()
+    path = path / TOKEN_FILE
+    if not _is_local(args.url):
+        print(
+            f"{prog}: no token for {args.url} (use --token or set KVPANEL_TOKEN)", file=sys.stderr
+        )
+        raise SystemExit(2)
+    try:
+        token = read_token_file(path)
+    except (ConfigError, OSError) as e:
+        print(f"{prog}: cannot read the token file: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if token is None:
+        print(
+            f"{prog}: no token: {path} does not exist (use --token or --state-dir)", file=sys.stderr
+        )
+        raise SystemExit(2)
+    return token
 
 
 def attach_main(argv: list[str] | None = None) -> int:
@@ -56,10 +107,11 @@ def attach_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--theme", default=None, help="kvpanel-dark (default), kvpanel-light, ...")
     parser.add_argument("--refresh-hz", type=float, default=2.0, help="updates per second (2-4)")
     args = parser.parse_args(argv)
-    if not args.token:
-        print("kvpanel attach: no token (use --token or set KVPANEL_TOKEN)", file=sys.stderr)
-        return 2
-    backend = HttpBackend(args.url, args.token, timeout=args.timeout)
+    try:
+        token = resolve_token(args, "kvpanel attach")
+    except SystemExit as e:
+        return int(e.code or 2)
+    backend = HttpBackend(args.url, token, timeout=args.timeout)
     try:
         backend.snapshot()  # fail fast, before taking over the terminal
     except BackendError as e:
@@ -78,7 +130,11 @@ def status_main(argv: list[str] | None = None) -> int:
     _add_common(parser)
     parser.add_argument("--json", action="store_true", help="print the snapshot as JSON")
     args = parser.parse_args(argv)
-    backend = HttpBackend(args.url, args.token, timeout=args.timeout)
+    try:
+        token = resolve_token(args, "kvpanel status")
+    except SystemExit as e:
+        return int(e.code or 2)
+    backend = HttpBackend(args.url, token, timeout=args.timeout)
     try:
         snap = backend.snapshot()
     except BackendError as e:

@@ -21,6 +21,7 @@ from kvpanel.panel.fmt import (
     fmt_uptime,
     ordered_tiers,
 )
+from kvpanel.redact import display_url
 
 # (css class, header text); the widths live in the app's CSS.
 TIER_COLUMNS = (
@@ -254,7 +255,8 @@ class EnginePanel(Vertical):
         if cfg.get("disk_path"):
             parts.append(f"disk {fmt_bytes(cfg.get('disk_bytes'))} @ {cfg['disk_path']}")
         if cfg.get("remote_url"):
-            parts.append(f"remote {cfg['remote_url']}")
+            # The server sends the display form; an older one sent the URL with its password.
+            parts.append(f"remote {display_url(str(cfg['remote_url']))}")
         self.query_one("#engine-config", Label).update(_kv("kvpanel", " · ".join(parts)))
         gpus = snap.get("gpus") or []
         if gpus:

@@ -17,17 +17,18 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import replace
 from importlib.metadata import version
 from typing import Any
 
+from kvpanel.redact import display_url
 from kvpanel.serve.auth import ensure_token
 from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.logtee import LogTee
 from kvpanel.serve.options import ServeOptions, parse_serve_args
+from kvpanel.serve.state_dir import ControlSocket, control_socket
 from kvpanel.settings import ConfigError
 
 log = logging.getLogger("kvpanel")
@@ -39,7 +40,9 @@ def _write_line(fd: int, obj: dict[str, Any]) -> None:
         os.write(fd, data)
 
 
-def _kv_config(opts: ServeOptions) -> tuple[dict[str, Any] | None, ServeOptions]:
+def _kv_config(
+    opts: ServeOptions, sock: ControlSocket | None = None
+) -> tuple[dict[str, Any] | None, ServeOptions]:
     if opts.offload == "none":
         return None, opts
     if opts.offload == "lmcache":
@@ -62,9 +65,8 @@ def _kv_config(opts: ServeOptions) -> tuple[dict[str, Any] | None, ServeOptions]
     # moving the worker into a further process (its "mp" executor).
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
 
-    # A short path: Unix socket paths are limited to ~107 bytes.
-    sock = os.path.join(tempfile.gettempdir(), f"kvpanel-{os.getuid()}-{os.getpid()}.sock")
-    opts = replace(opts, settings=replace(opts.settings, control_socket=sock))
+    if sock is not None:
+        opts = replace(opts, settings=replace(opts.settings, control_socket=sock.path))
     return kv_transfer_config(opts.settings), opts
 
 
@@ -111,7 +113,8 @@ def _static(opts: ServeOptions, model: str, demo: bool) -> dict[str, Any]:
             "cpu_bytes": s.cpu_bytes if opts.offload != "none" else 0,
             "disk_path": s.disk_path,
             "disk_bytes": s.disk_bytes,
-            "remote_url": s.remote_url,
+            # Never the password: this reaches status lines, the control API and the panel.
+            "remote_url": display_url(s.remote_url) if s.remote_url else None,
             "chunk_tokens": s.chunk_tokens,
         },
     }
@@ -187,22 +190,43 @@ def serve_main(argv: list[str]) -> int:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     assert model is not None
     opts = replace(opts, vllm_args=[*vllm_extra, *opts.vllm_args])
+    sock: ControlSocket | None = None
     try:
-        kv_config, opts = _kv_config(opts)
-        token, generated = ensure_token(opts.state_dir, opts.token)
+        kv_config, opts = _kv_config(opts)  # validates before the state dir is created
+        token, token_file = ensure_token(opts.state_dir, opts.token)
+        if kv_config is not None:
+            sock = control_socket(opts.state_dir)
+            kv_config, opts = _kv_config(opts, sock)
     except (ConfigError, OSError) as e:
         print(f"kvpanel serve: error: {e}", file=sys.stderr)
+        if sock is not None:
+            sock.remove()
         return 2
+    try:
+        return _serve(opts, model, demo, kv_config, token, str(token_file))
+    finally:
+        if sock is not None:
+            sock.remove()  # the engine is gone by now (clean exit, signal or failed start)
+
+
+def _serve(
+    opts: ServeOptions,
+    model: str,
+    demo: bool,
+    kv_config: dict[str, Any] | None,
+    token: str,
+    token_file: str,
+) -> int:
 
     if opts.no_ui:
         tee = LogTee.install()
     else:
-        opts.state_dir.mkdir(parents=True, exist_ok=True)
-        log_path = opts.state_dir / "serve.log"
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_path = opts.state_dir / "serve.log"  # the state dir is private (ensure_token)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        log_fd = os.open(log_path, flags, 0o600)
         tee = LogTee.install(sink_fd=log_fd)
     # Our own handler: basicConfig is a no-op once anything configured the root logger, and the
-    # root level would then drop kvpanel's INFO lines (the token, shutdown progress).
+    # root level would then drop kvpanel's INFO lines (shutdown progress).
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s [kvpanel] %(message)s"))
     log.handlers[:] = [handler]
@@ -247,11 +271,11 @@ def serve_main(argv: list[str]) -> int:
     if stop.is_set():
         server.stop()
         return 0
-    ready = {"event": "ready", "url": server.url, "token": token if generated else None}
+    # Where the token is, never the token: stdout and stderr end up in service logs.
+    ready = {"event": "ready", "url": server.url, "token_file": token_file}
     if opts.no_ui:
         _write_line(tee.stdout_fd, ready)
-        if generated:
-            log.info("control API token (stored in %s): %s", opts.state_dir / "token", token)
+        log.info("control API token: in %s", token_file)
         while not stop.wait(opts.status_interval):
             if server.finished.is_set():
                 break

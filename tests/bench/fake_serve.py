@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,21 +47,30 @@ def main() -> int:
     hit = None if offload == "none" else 0.01
     env = {k: os.environ.get(k) for k in LMCACHE_ENV} if offload == "lmcache" else None
     retrieved = os.environ.get("FAKE_LMCACHE_RETRIEVED") if offload == "lmcache" else None
-    logged = 0
-    with FakeServer(first_delay=0.05, hit_delay=hit, model=argv[0]) as server:
-        print(json.dumps({"event": "ready", "url": server.url, "token": "tok"}), flush=True)
-        while True:
-            stopping = stop.wait(0.2)
-            if retrieved is not None:
-                for _ in range(logged, len(server.requests)):
-                    print(RETRIEVED_LINE.format(n=retrieved), file=sys.stderr, flush=True)
-                logged = len(server.requests)
-            status = {"event": "status", "argv": argv, "requests": len(server.requests)}
-            if env is not None:
-                status["env"] = env
-            print(json.dumps(status), flush=True)
-            if stopping:
-                break
+    state = Path(tempfile.mkdtemp(prefix="fake-serve-"))
+    try:
+        with FakeServer(first_delay=0.05, hit_delay=hit, model=argv[0]) as server:
+            # Like `kvpanel serve`: the ready line names the token file, never the token.
+            token_file = state / "token"
+            token_file.write_text("fake-token-0123456789\n")
+            token_file.chmod(0o600)
+            ready = {"event": "ready", "url": server.url, "token_file": str(token_file)}
+            print(json.dumps(ready), flush=True)
+            logged = 0
+            while True:
+                stopping = stop.wait(0.2)
+                if retrieved is not None:
+                    for _ in range(logged, len(server.requests)):
+                        print(RETRIEVED_LINE.format(n=retrieved), file=sys.stderr, flush=True)
+                    logged = len(server.requests)
+                status = {"event": "status", "argv": argv, "requests": len(server.requests)}
+                if env is not None:
+                    status["env"] = env
+                print(json.dumps(status), flush=True)
+                if stopping:
+                    break
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
     time.sleep(0.05)
     return 0
 

@@ -41,6 +41,16 @@ def test_serve_failure_reports_stderr() -> None:
         ServeProcess.start(argv, ready_timeout_s=30)
 
 
+def test_token_comes_from_the_file_the_ready_line_names() -> None:
+    argv = serve_command(shlex.split(SERVE), "m", "none")
+    server = ServeProcess.start(argv, ready_timeout_s=30)
+    try:
+        assert server.ready_event is not None and "token" not in server.ready_event
+        assert server.token == "fake-token-0123456789"
+    finally:
+        assert server.stop() == 0
+
+
 def test_serve_ready_timeout() -> None:
     argv = [sys.executable, "-c", "import time; time.sleep(30)"]
     with pytest.raises(ServeFailed, match="not ready after"):
@@ -94,3 +104,23 @@ def test_compare_three_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert set(modes["kvpanel"]["phases_s"]) == {"start", "bench", "stop"}
     assert all(v >= 0 for v in modes["kvpanel"]["phases_s"].values())
     assert (tmp_path / "cmp-kvpanel.csv").exists() and (tmp_path / "serve-native.log").exists()
+
+
+def test_compare_output_hides_secrets_in_the_serve_command() -> None:
+    import io
+
+    from kvpanel.bench.compare import comparison_dict, run_modes
+    from kvpanel.bench.long_doc_qa import BenchParams
+
+    secret_args = ["--remote-url", "redis://:PW-123@127.0.0.1:1", "--token", "TOK-456"]
+
+    def build_argv(offload: str) -> list[str]:
+        return serve_command(shlex.split(SERVE), "m", offload) + secret_args
+
+    log = io.StringIO()
+    params = BenchParams(num_documents=1, document_length=10, output_len=1)
+    outcomes = run_modes(params, ["native"], build_argv, ready_timeout_s=30, log=log)
+    assert "--remote-url redis://127.0.0.1:1" in log.getvalue()
+    data = json.dumps(comparison_dict(outcomes, params, "m"))
+    for text in (log.getvalue(), data):
+        assert "PW-123" not in text and "TOK-456" not in text

@@ -9,19 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CHUNK_BYTES, key, payload
-from test_remote_tier import REDIS_SERVER, RedisServer, free_port, wait_for
+from test_remote_tier import wait_for
 
 from kvpanel.cache import remote_format as fmt
 from kvpanel.cache.keys import Fingerprint
 from kvpanel.cache.store import LookupState, TieredStore
+from tests.redis_server import RedisServer, free_port, require_redis
 
 FAST = {"probe_interval_s": 0.1}
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    require_redis()
     srv = RedisServer(tmp_path / "redis").start()
     yield srv
     srv.kill()

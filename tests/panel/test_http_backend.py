@@ -6,6 +6,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,6 +154,29 @@ def test_status_cli(
     assert status_main([server, "--token", "nope", "--json"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == "kvpanel status: unauthorized: wrong or missing token"
+
+
+def test_status_cli_reads_the_local_token_file(
+    server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kvpanel.serve.auth import ensure_token
+
+    monkeypatch.delenv("KVPANEL_TOKEN", raising=False)
+    state = tmp_path / "state"
+    assert status_main([server, "--state-dir", str(state)]) == 2
+    assert "token" in capsys.readouterr().err and not state.exists()  # nothing created
+    ensure_token(state, TOKEN)  # what `kvpanel serve --state-dir state --token ...` leaves
+    assert status_main([server, "--state-dir", str(state), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["name"] == "Qwen/Qwen3-8B"
+    # This machine's token is never sent to another host.
+    assert status_main(["http://10.255.255.1:9", "--state-dir", str(state)]) == 2
+    assert "use --token" in capsys.readouterr().err
+    # An unsafe token file is refused, not followed.
+    (state / "token").unlink()
+    (state / "token").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").write_text(TOKEN)
+    assert status_main([server, "--state-dir", str(state)]) == 2
+    assert "symlink" in capsys.readouterr().err
 
 
 async def test_panel_over_http(server: str) -> None:

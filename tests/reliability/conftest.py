@@ -2,7 +2,7 @@
 
 Reuses the project's helpers instead of copying them: ``kvpanel serve`` helpers from
 tests/serve/conftest.py, the engine runner from tests/vllm_ext/conftest.py and ``RedisServer``
-from tests/cache/test_remote_tier.py.
+from tests/redis_server.py.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import csv
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,14 +21,9 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-_CACHE_TESTS = str(Path(__file__).resolve().parents[1] / "cache")
-if _CACHE_TESTS not in sys.path:  # tests/cache is a rootdir-style package (no __init__.py)
-    sys.path.append(_CACHE_TESTS)
-
-from test_remote_tier import REDIS_CLI, REDIS_SERVER, RedisServer  # noqa: E402
-
 from kvpanel.cache import disk_format as fmt  # noqa: E402
 from kvpanel.cache.keys import Fingerprint  # noqa: E402
+from tests.redis_server import REDIS_CLI, RedisServer, require_redis  # noqa: E402, F401
 from tests.serve.conftest import complete, http, start, tiny_llama  # noqa: E402, F401
 from tests.vllm_ext.conftest import models, prompt, run_engine  # noqa: E402, F401
 
@@ -130,8 +124,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if REDIS_SERVER is None or REDIS_CLI is None:
-        pytest.skip("redis-server / redis-cli are not installed (apt-get install redis-server)")
+    require_redis(cli=True)
     srv = RedisServer(tmp_path / "redis").start()
     yield srv
     srv.kill()

@@ -6,7 +6,6 @@ through Redis. redis-server runs on 127.0.0.1 on a port of our own, started and 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 import redis
 
 from kvpanel.cache.disk_format import HEADER_BYTES
+from tests.redis_server import REDIS_SERVER, require_redis
 
 from .conftest import prompt, run_engine
 from .test_engine_e2e import outputs, same_generation
@@ -23,13 +23,12 @@ pytestmark = pytest.mark.vllm
 
 MiB = 1 << 20
 P = prompt(0, 600)  # two full 256-token chunks + a tail that is always recomputed
-REDIS_SERVER = shutil.which("redis-server")
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    require_redis()
+    assert REDIS_SERVER is not None
     work = tmp_path_factory.mktemp("redis")
     port = 0
     for port in range(26379, 26479):
