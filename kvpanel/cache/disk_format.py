@@ -7,6 +7,9 @@ Primitives:
 - ``write_chunk``: atomic write (temp file in the same dir, optional fsync, os.replace).
 - ``read_header`` / ``read_chunk``: validated reads (header fields, file size, checksum).
 
+With a ``CacheSecret`` (``secret=``) the checksum field holds a keyed MAC instead
+(``kvpanel.cache.secret``); callers then pass the secret's namespace digest as the fingerprint.
+
 Layout: magic ``b"KVPC"``, version u16, header length u16, fingerprint digest (16 bytes),
 chunk key (16 bytes), payload length u64, blake2b-16 of the payload (16 bytes); then payload.
 blake2b rather than crc32 because a corrupted chunk silently poisons model outputs; it runs
@@ -16,11 +19,14 @@ at ~1 GB/s per core and releases the GIL on large buffers.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from kvpanel.cache.secret import CacheSecret, payload_check
 
 MAGIC = b"KVPC"
 FORMAT_VERSION = 1
@@ -85,13 +91,20 @@ def _write_all(fd: int, data: memoryview | bytes) -> None:
 
 
 def write_chunk(
-    path: Path, fingerprint: bytes, key: bytes, payload: memoryview, *, fsync: bool = False
+    path: Path,
+    fingerprint: bytes,
+    key: bytes,
+    payload: memoryview,
+    *,
+    fsync: bool = False,
+    secret: CacheSecret | None = None,
 ) -> int:
     """Write atomically; readers see the old state or the complete file. Returns file bytes.
 
     On any error the temp file is removed and the error propagates.
     """
-    header = ChunkHeader(fingerprint, key, payload.nbytes, checksum(payload))
+    check = payload_check(payload, fingerprint, key, secret)
+    header = ChunkHeader(fingerprint, key, payload.nbytes, check)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}{TMP_MARKER}{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -128,7 +141,13 @@ def _check_identity(header: ChunkHeader, fingerprint: bytes, key: bytes, size: i
         raise CorruptChunk(f"torn file: {size} bytes, header says {header.file_bytes}")
 
 
-def read_chunk(path: Path, fingerprint: bytes, key: bytes, out: memoryview | None = None) -> int:
+def read_chunk(
+    path: Path,
+    fingerprint: bytes,
+    key: bytes,
+    out: memoryview | None = None,
+    secret: CacheSecret | None = None,
+) -> int:
     """Read and validate the payload into ``out`` (or just validate when ``out`` is None).
 
     ``out`` must be a writable byte view of at least the payload length. Returns the payload
@@ -147,6 +166,6 @@ def read_chunk(path: Path, fingerprint: bytes, key: bytes, out: memoryview | Non
             if not step:
                 raise CorruptChunk(f"file shrank while reading ({got} of {n} bytes)")
             got += step
-    if checksum(buf) != header.checksum:
+    if not hmac.compare_digest(payload_check(buf, fingerprint, key, secret), header.checksum):
         raise CorruptChunk("payload checksum mismatch")
     return n

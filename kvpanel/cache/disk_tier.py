@@ -8,6 +8,9 @@ Primitives:
 Nothing here raises into the serving path after construction: write failures turn into a
 "full" tier that stops admitting for a while, read failures into misses (the bad file is
 deleted so it cannot be served again).
+
+``secret``: a ``CacheSecret`` keys the files' checks and gives the tier its own directory
+(``<root>/<namespace digest hex>/``; ``kvpanel.cache.secret`` says why).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kvpanel.cache.buffers import Payload, as_byte_view
 from kvpanel.cache.disk_lock import DirLock, DirLockBusy
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.lru import LruIndex
+from kvpanel.cache.secret import CacheSecret, namespace_digest
 from kvpanel.cache.stats import TierCounters, TierStats
 
 OnDone = Callable[[bool], None]
@@ -47,12 +51,14 @@ class DiskTier:
         max_queue: int = 256,
         fsync: bool = False,
         full_retry_s: float = 30.0,
+        secret: CacheSecret | None = None,
     ) -> None:
-        self._fp_digest = fp.digest()
+        self._secret = secret
+        self._fp_digest = namespace_digest(fp.digest(), secret)
         self._fsync = fsync
         self._full_retry_s = full_retry_s
         self._capacity = max(0, capacity_bytes)
-        self.dir = _prepare_dir(Path(root), fp)
+        self.dir = _prepare_dir(Path(root), fp, self._fp_digest.hex())
         self._dir_lock = DirLock(self.dir)
         try:
             self._dir_lock.acquire()
@@ -144,7 +150,7 @@ class DiskTier:
             if key not in self._sizes:
                 return False
         try:
-            n = fmt.read_chunk(path, self._fp_digest, key, out)
+            n = fmt.read_chunk(path, self._fp_digest, key, out, secret=self._secret)
         except (fmt.CorruptChunk, OSError):
             # Never serve doubtful bytes: forget the chunk and delete its file. A file evicted
             # under our feet is no error, just a miss.
@@ -239,7 +245,12 @@ class DiskTier:
             return False
         try:
             fmt.write_chunk(
-                fmt.chunk_path(self.dir, key), self._fp_digest, key, payload, fsync=self._fsync
+                fmt.chunk_path(self.dir, key),
+                self._fp_digest,
+                key,
+                payload,
+                fsync=self._fsync,
+                secret=self._secret,
             )
         except OSError:
             with self._lock:
@@ -357,10 +368,10 @@ class DiskTier:
             self._add(key, size)
 
 
-def _prepare_dir(root: Path, fp: Fingerprint) -> Path:
+def _prepare_dir(root: Path, fp: Fingerprint, dir_name: str) -> Path:
     if root.exists() and not root.is_dir():
         raise DiskTierError(f"disk cache path {root} exists and is not a directory")
-    fp_dir = root / fp.hex()
+    fp_dir = root / dir_name
     try:
         fp_dir.mkdir(parents=True, exist_ok=True)
         # Prove writability with a real file: os.access lies for root and read-only mounts.
