@@ -1,8 +1,9 @@
 """The cache secret: keyed chunk checks, and one namespace per secret, for disk and Redis.
 
 Primitives:
-- ``CacheSecret``: built from the operator's secret (at least ``MIN_SECRET_BYTES``); keeps only
-  keys derived from it (its repr shows none): ``namespace(fp_digest)`` and ``seal(...)``.
+- ``CacheSecret``: built from the operator's secret (``kvpanel.settings.cache_secret_from_env``
+  reads and length-checks it); keeps only keys derived from it (its repr shows none):
+  ``namespace(fp_digest)`` and ``seal(...)``.
 - ``namespace_digest(fp_digest, secret)``: the digest that names a fingerprint's chunks (the disk
   tier's directory, the Redis key names, the header's fingerprint field): the fingerprint's own
   digest without a secret, a keyed one-way derivation of it with one.
@@ -18,8 +19,8 @@ names derived from its own secret, so everything it finds there is either a chun
 with the same secret or a forgery (deleted: it sits under our name). The derivation is one-way
 (keyed blake2b), so the names, visible to anyone who can list the store, reveal nothing of the
 secret beyond what any valid chunk does; a low-entropy secret can be guessed offline from either,
-hence the minimum length. The format version stays 1: a chunk's layout is unchanged, only who can
-produce a valid check differs, and the namespace already keeps keyed and unkeyed chunks apart.
+hence the settings' minimum length. The format version stays 1: a chunk's layout is unchanged,
+only who can produce a valid check differs, and the namespaces keep keyed and unkeyed apart.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import struct
 
-MIN_SECRET_BYTES = 16
 _DIGEST_BYTES = 16
 _LENGTH = struct.Struct("<Q")
 
@@ -38,8 +38,8 @@ class CacheSecret:
     __slots__ = ("_mac_key", "_namespace_key")
 
     def __init__(self, secret: bytes) -> None:
-        if len(secret) < MIN_SECRET_BYTES:
-            raise ValueError(f"a cache secret needs at least {MIN_SECRET_BYTES} bytes")
+        if not secret:
+            raise ValueError("an empty cache secret keys nothing")
         # Separate keys per use (personalised blake2b), so a value computed for one purpose is
         # never valid for another; neither reveals the secret or the other key.
         root = hashlib.blake2b(secret, digest_size=64, person=b"kvpanel-secret").digest()

@@ -21,6 +21,7 @@ their own locks, and write completions only touch the CPU tier.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # imported when used: redis-py is only needed with a remote_u
     from kvpanel.cache.remote_tier import RemoteTier
 
 TIERS = ("cpu", "disk", "remote")
+log = logging.getLogger("kvpanel")
 
 
 class LookupState(Enum):
@@ -68,6 +70,8 @@ class TieredStore:
         self.fingerprint = fp
         keyed = CacheSecret(secret) if secret else None
         self.keyed = keyed is not None
+        if keyed is not None and (disk_bytes > 0 or remote_url):
+            log.info("kvpanel store: disk and Redis chunks are keyed with the cache secret")
         self.cpu = CpuTier(cpu_bytes, fp.chunk_bytes, pin=pin_memory)
         # No disk tier without a size: opening one with capacity 0 would evict (delete) every
         # chunk a previous run left there, and a size-less path is more likely a slip.

@@ -28,7 +28,7 @@ from kvpanel.serve.auth import ensure_token
 from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.logtee import LogTee
 from kvpanel.serve.options import ServeOptions, parse_serve_args
-from kvpanel.settings import ConfigError
+from kvpanel.settings import ConfigError, cache_secret_from_env
 
 log = logging.getLogger("kvpanel")
 
@@ -61,6 +61,13 @@ def _kv_config(opts: ServeOptions) -> tuple[dict[str, Any] | None, ServeOptions]
     # engine core in a child process either way; this only stops vLLM's CPU platform from
     # moving the worker into a further process (its "mp" executor).
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # The engine reads the cache secret from its environment (inherited from here), never
+    # from kv_transfer_config, which vLLM logs.
+    for name, value in opts.cache_secret_env.items():
+        if value:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
 
     # A short path: Unix socket paths are limited to ~107 bytes.
     sock = os.path.join(tempfile.gettempdir(), f"kvpanel-{os.getuid()}-{os.getpid()}.sock")
@@ -82,6 +89,13 @@ def _root_cause(tee: LogTee, wait_s: float = 2.0) -> str | None:
         if (causes and seen_ours) or time.monotonic() >= deadline:
             return causes[-1] if causes else None
         time.sleep(0.1)
+
+
+def _cache_keyed() -> bool:
+    try:
+        return cache_secret_from_env(os.environ) is not None
+    except ConfigError:
+        return False  # the engine refuses to start with it and says why
 
 
 def _device() -> str:
@@ -113,6 +127,8 @@ def _static(opts: ServeOptions, model: str, demo: bool) -> dict[str, Any]:
             "disk_bytes": s.disk_bytes,
             "remote_url": s.remote_url,
             "chunk_tokens": s.chunk_tokens,
+            # Whether chunks carry a keyed MAC (the secret itself is never shown).
+            "cache_keyed": opts.offload == "kvpanel" and _cache_keyed(),
         },
     }
 
