@@ -69,7 +69,6 @@ class TieredStore:
     ) -> None:
         self.fingerprint = fp
         keyed = CacheSecret(secret) if secret else None
-        self.keyed = keyed is not None
         if keyed is not None and (disk_bytes > 0 or remote_url):
             log.info("kvpanel store: disk and Redis chunks are keyed with the cache secret")
         self.cpu = CpuTier(cpu_bytes, fp.chunk_bytes, pin=pin_memory)

@@ -187,7 +187,7 @@ def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> Serv
         raise ServeError(f"--offload {ns.offload} has no disk or remote tier; drop those settings")
     if ns.offload != "kvpanel" and (ns.cache_secret or ns.cache_secret_file):
         raise ServeError(f"--offload {ns.offload} has no disk or remote tier; drop the secret")
-    cache_secret_env = _cache_secret_env(ns, env)
+    cache_secret_env = _cache_secret_env(ns, env) if ns.offload == "kvpanel" else {}
     if ns.offload != "none" and _has_kv_transfer_config(rest):
         raise ServeError(
             f"--kv-transfer-config conflicts with --offload {ns.offload}, which sets it; "
