@@ -6,6 +6,8 @@ Primitives:
                            - round trip through vLLM's ``kv_connector_extra_config``
     load_config_file(path) - kvpanel or LMCache YAML -> (overrides, warnings)
     ConfigError            - every bad input ends here, with one line that names the problem
+    cache_secret_from_env(env)
+                           - the cache secret (KVPANEL_CACHE_SECRET or KVPANEL_CACHE_SECRET_FILE)
 
 Imports neither vllm nor textual: it runs before vLLM starts, so a bad config fails fast.
 """
@@ -13,6 +15,7 @@ Imports neither vllm nor textual: it runs before vLLM starts, so a bad config fa
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +28,12 @@ GB = 1 << 30
 TIERS = ("cpu", "disk", "remote")
 # A sanity bound: sizes beyond this are typos (e.g. bytes given where GB were meant).
 MAX_TIER_BYTES = 1 << 50  # 1 PiB
+# The cache secret is read from the engine process's environment, never from CacheSettings:
+# vLLM logs kv_connector_extra_config, where CacheSettings travel.
+CACHE_SECRET_ENV = "KVPANEL_CACHE_SECRET"
+CACHE_SECRET_FILE_ENV = "KVPANEL_CACHE_SECRET_FILE"
+# Names and MACs let anyone who can read the store test guesses offline: short secrets fall.
+MIN_CACHE_SECRET_BYTES = 16
 
 
 class ConfigError(ValueError):
@@ -120,3 +129,40 @@ def check_writable_dir(path: str) -> None:
             pass
     except OSError as e:
         raise ConfigError(f"disk path {path} is not writable: {e.strerror} ({probe})") from None
+
+
+def cache_secret_from_env(env: Mapping[str, str]) -> bytes | None:
+    """The cache secret from ``KVPANEL_CACHE_SECRET`` or from the file (mode 0600) that
+    ``KVPANEL_CACHE_SECRET_FILE`` names; None when neither is set. Messages never show it."""
+    value, path = env.get(CACHE_SECRET_ENV) or "", env.get(CACHE_SECRET_FILE_ENV) or ""
+    if value and path:
+        raise ConfigError(f"set {CACHE_SECRET_ENV} or {CACHE_SECRET_FILE_ENV}, not both")
+    if path:
+        return _read_secret_file(path)
+    if value:
+        return _checked_secret(value.encode(), CACHE_SECRET_ENV)
+    return None
+
+
+def _read_secret_file(path: str) -> bytes:
+    where = f"cache secret file {path}"
+    try:
+        # stat first: opening a FIFO would block. Symlinks are followed (mounted secrets).
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConfigError(f"{where} is not a regular file")
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_mode & 0o077:
+                raise ConfigError(f"{where} is open to group or others: chmod 600 it")
+            data = f.read(1 << 16)
+    except OSError as e:
+        raise ConfigError(f"cannot read {where}: {e.strerror}") from None
+    return _checked_secret(data.rstrip(b"\r\n"), where)
+
+
+def _checked_secret(secret: bytes, where: str) -> bytes:
+    if len(secret) < MIN_CACHE_SECRET_BYTES:
+        raise ConfigError(
+            f"{where}: a cache secret needs at least {MIN_CACHE_SECRET_BYTES} bytes "
+            "(e.g. `openssl rand -hex 32`)"
+        )
+    return secret

@@ -62,3 +62,34 @@ def test_kv_transfer_config_validates_before_vllm():
     assert cfg["kv_connector"] == "OffloadingConnector"
     assert extra["spec_module_path"] == "kvpanel.vllm_ext.spec"
     assert extra["block_size"] == 256
+
+
+def test_cache_secret_from_env_and_file(tmp_path):
+    from kvpanel.settings import cache_secret_from_env
+
+    secret = "x" * 16
+    assert cache_secret_from_env({}) is None
+    assert cache_secret_from_env({"KVPANEL_CACHE_SECRET": ""}) is None
+    assert cache_secret_from_env({"KVPANEL_CACHE_SECRET": secret}) == secret.encode()
+    f = tmp_path / "secret"
+    f.write_bytes(b"y" * 20 + b"\n")  # a trailing newline (echo, editors) is not part of it
+    f.chmod(0o600)
+    assert cache_secret_from_env({"KVPANEL_CACHE_SECRET_FILE": str(f)}) == b"y" * 20
+    bad = [
+        ({"KVPANEL_CACHE_SECRET": "short"}, "at least 16 bytes"),
+        ({"KVPANEL_CACHE_SECRET": secret, "KVPANEL_CACHE_SECRET_FILE": str(f)}, "not both"),
+        ({"KVPANEL_CACHE_SECRET_FILE": str(tmp_path / "none")}, "cannot read"),
+        ({"KVPANEL_CACHE_SECRET_FILE": str(tmp_path)}, "not a regular file"),
+    ]
+    for env, message in bad:
+        with pytest.raises(ConfigError, match=message) as e:
+            cache_secret_from_env(env)
+        assert secret not in str(e.value)
+    f.chmod(0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        cache_secret_from_env({"KVPANEL_CACHE_SECRET_FILE": str(f)})
+
+
+def test_cache_secret_is_not_in_the_logged_vllm_config():
+    # vLLM logs kv_connector_extra_config: the secret must reach the engine another way.
+    assert "secret" not in str(kv_transfer_config(CacheSettings()))

@@ -53,12 +53,13 @@ def open_real_dir(name: str, dir_fd: int, *, create: bool) -> int:
     return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
 
 
-def prepare_fp_dir(root: Path, fp: Fingerprint) -> int:
-    """fd of ``<root>/<fp hex>``; ``OSError`` if the root cannot hold it."""
+def prepare_fp_dir(root: Path, fp: Fingerprint, dir_name: str) -> int:
+    """fd of ``<root>/<dir_name>`` (the fingerprint's namespace digest in hex); ``OSError`` if the
+    root cannot hold it."""
     root.mkdir(parents=True, exist_ok=True)
     root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fp_fd = open_real_dir(fp.hex(), root_fd, create=True)
+        fp_fd = open_real_dir(dir_name, root_fd, create=True)
     finally:
         os.close(root_fd)
     try:

@@ -12,6 +12,9 @@ Primitives:
 Every function taking a ``path`` also takes ``dir_fd``: with it, ``path`` is a name inside that
 directory (see disk_dirs.py: the tier opens its folders without following symlinks).
 
+With a ``CacheSecret`` (``secret=``) the checksum field holds a keyed MAC instead
+(``kvpanel.cache.secret``); callers then pass the secret's namespace digest as the fingerprint.
+
 Layout: magic ``b"KVPC"``, version u16, header length u16, fingerprint digest (16 bytes),
 chunk key (16 bytes), payload length u64, blake2b-16 of the payload (16 bytes); then payload.
 blake2b rather than crc32 because a corrupted chunk silently poisons model outputs; it runs
@@ -22,12 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
 import secrets
 import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from kvpanel.cache.secret import CacheSecret, payload_check
 
 MAGIC = b"KVPC"
 FORMAT_VERSION = 1
@@ -99,12 +105,14 @@ def write_chunk(
     *,
     fsync: bool = False,
     dir_fd: int | None = None,
+    secret: CacheSecret | None = None,
 ) -> int:
     """Write atomically; readers see the old state or the complete file. Returns file bytes.
 
     On any error the temp file is removed and the error propagates.
     """
-    header = ChunkHeader(fingerprint, key, payload.nbytes, checksum(payload))
+    check = payload_check(payload, fingerprint, key, secret)
+    header = ChunkHeader(fingerprint, key, payload.nbytes, check)
     if dir_fd is None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{os.fspath(path)}{TMP_MARKER}{os.getpid()}.{secrets.token_hex(4)}"
@@ -170,6 +178,7 @@ def read_chunk(
     out: memoryview | None = None,
     *,
     dir_fd: int | None = None,
+    secret: CacheSecret | None = None,
 ) -> int:
     """Read and validate the payload into ``out`` (or just validate when ``out`` is None).
 
@@ -189,6 +198,6 @@ def read_chunk(
             if not step:
                 raise CorruptChunk(f"file shrank while reading ({got} of {n} bytes)")
             got += step
-    if checksum(buf) != header.checksum:
+    if not hmac.compare_digest(payload_check(buf, fingerprint, key, secret), header.checksum):
         raise CorruptChunk("payload checksum mismatch")
     return n

@@ -9,6 +9,9 @@ Nothing here raises into the serving path after construction: a full filesystem 
 EDQUOT) turns into a "full" tier that stops admitting for a while, other write failures into
 an error for that chunk alone, read failures into misses (the bad file is deleted so it cannot
 be served again). Files are reached through disk_dirs.ShardDirs, never through a symlink.
+
+``secret``: a ``CacheSecret`` keys the files' checks and gives the tier its own directory
+(``<root>/<namespace digest hex>/``; ``kvpanel.cache.secret`` says why).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from kvpanel.cache.disk_dirs import ShardDirs, prepare_fp_dir, scan_chunks
 from kvpanel.cache.disk_lock import DirLock, DirLockBusy
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.lru import LruIndex
+from kvpanel.cache.secret import CacheSecret, namespace_digest
 from kvpanel.cache.stats import TierCounters, TierStats
 
 log = logging.getLogger("kvpanel")
@@ -55,8 +59,10 @@ class DiskTier:
         max_queue: int = 256,
         fsync: bool = False,
         full_retry_s: float = 30.0,
+        secret: CacheSecret | None = None,
     ) -> None:
-        self._fp_digest = fp.digest()
+        self._secret = secret
+        self._fp_digest = namespace_digest(fp.digest(), secret)
         # Exactly what the store writes (one whole CPU slot), so a valid checksum over fewer
         # bytes can never leave the rest of a slot holding another chunk's KV.
         self._payload_len = fp.chunk_bytes
@@ -66,11 +72,12 @@ class DiskTier:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise DiskTierError(f"disk cache path {root} exists and is not a directory")
+        dir_name = self._fp_digest.hex()
         try:
-            self._shards = ShardDirs(prepare_fp_dir(root, fp))
+            self._shards = ShardDirs(prepare_fp_dir(root, fp, dir_name))
         except OSError as e:
             raise DiskTierError(f"disk cache path {root} is not usable: {e}") from e
-        self.dir = root / fp.hex()
+        self.dir = root / dir_name
         self._dir_lock = DirLock(self.dir, dir_fd=self._shards.fp_fd)
         try:
             self._dir_lock.acquire()
@@ -167,7 +174,9 @@ class DiskTier:
                 return False
         try:
             with self._shards.opened(key) as (dir_fd, name):
-                n = fmt.read_chunk(name, self._fp_digest, key, out, dir_fd=dir_fd)
+                n = fmt.read_chunk(
+                    name, self._fp_digest, key, out, dir_fd=dir_fd, secret=self._secret
+                )
                 if n != self._payload_len:
                     raise fmt.CorruptChunk(f"payload of {n} bytes, chunks are {self._payload_len}")
                 with contextlib.suppress(OSError):  # mtime carries LRU order across restarts
@@ -269,7 +278,13 @@ class DiskTier:
         try:
             with self._shards.opened(key, create=True) as (dir_fd, name):
                 fmt.write_chunk(
-                    name, self._fp_digest, key, payload, fsync=self._fsync, dir_fd=dir_fd
+                    name,
+                    self._fp_digest,
+                    key,
+                    payload,
+                    fsync=self._fsync,
+                    dir_fd=dir_fd,
+                    secret=self._secret,
                 )
         except OSError as e:
             full = e.errno in _FULL_ERRNOS

@@ -10,6 +10,10 @@ Primitives:
   ``probe_interval_s`` until Redis answers again (it also refreshes RTT and memory stats).
 - Negative cache: a key whose GET found nothing (or garbage) is a miss without I/O for
   ``miss_ttl_s``, so the PENDING -> MISS dance costs one GET per key, not one per poll.
+- Reads check the value's length in Redis before it is sent (``fmt.get_checked``): junk of
+  any size under our names costs a few bytes of traffic, never its size in memory.
+- ``secret``: a ``CacheSecret`` keys the values' checks and gives this tier its own key names
+  (``kvpanel.cache.secret`` says why); without one, values are checked but not authenticated.
 
 Nothing raises into the caller after construction (bad URLs raise ``ValueError`` there):
 every Redis error becomes a miss, a refused write, or an unhealthy tier.
@@ -32,6 +36,7 @@ from kvpanel.cache import remote_format as fmt
 from kvpanel.cache.buffers import Payload, as_byte_view, payload_nbytes
 from kvpanel.cache.disk_format import CorruptChunk
 from kvpanel.cache.keys import ChunkKey, Fingerprint
+from kvpanel.cache.secret import CacheSecret, namespace_digest
 from kvpanel.cache.stats import TierCounters, TierStats
 
 log = logging.getLogger("kvpanel")
@@ -55,10 +60,13 @@ class RemoteTier:
         stats_interval_s: float = 5.0,
         miss_ttl_s: float = 5.0,
         max_remembered_misses: int = 65536,
+        secret: CacheSecret | None = None,
     ) -> None:
         self.url = fmt.parse_url(url)
-        self._fp_digest = fp.digest()
-        self._fp_hex = fp.hex()
+        self._secret = secret
+        self._fp_digest = namespace_digest(fp.digest(), secret)
+        self._fp_hex = self._fp_digest.hex()
+        self._chunk_bytes = fp.chunk_bytes
         self._batch_bytes = max(1, batch_bytes)
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
@@ -191,16 +199,19 @@ class RemoteTier:
     def get(self, key: ChunkKey, expect_bytes: int | None = None) -> memoryview | None:
         """The validated payload, or None (absent, doubtful, or Redis unusable). Blocking.
 
-        ``expect_bytes``: the payload length the caller can use; any other is doubtful too.
+        ``expect_bytes``: the payload length the caller can use (default: the fingerprint's
+        chunk size); a value of any other length is doubtful, and is deleted without being read.
         """
         with self._lock:
             if not self._healthy or self._closed:
                 return None
         name = fmt.redis_key(self._fp_hex, key)
+        payload_bytes = self._chunk_bytes if expect_bytes is None else expect_bytes
+        value_bytes = fmt.HEADER_BYTES + payload_bytes
         try:
             client = self._connect()
             t0 = time.perf_counter()
-            raw = client.get(name)
+            size, raw = fmt.get_checked(client, name, value_bytes)
             dt = time.perf_counter() - t0
         except _ERRORS as e:
             self._on_error(e)
@@ -208,20 +219,22 @@ class RemoteTier:
         with self._lock:
             self._gets += 1
             self._get_seconds += dt
-        if raw is None:
+        if size < 0:
             self.note_miss(key)
             return None
         try:
-            payload = fmt.decode(raw, self._fp_digest, key)  # type: ignore[arg-type]
-            if expect_bytes is not None and payload.nbytes != expect_bytes:
-                raise CorruptChunk(f"{payload.nbytes} payload bytes, expected {expect_bytes}")
+            if raw is None:  # deleted already, unread
+                raise CorruptChunk(f"{size} bytes, expected {value_bytes}")
+            # The header must then claim exactly the payload length the caller expects.
+            payload = fmt.decode(raw, self._fp_digest, key, self._secret)
         except CorruptChunk as e:
             # Never serve doubtful bytes, and make sure nobody else is served them either.
             log.warning("kvpanel remote tier: dropping bad value %s: %s", name.decode(), e)
             self._counters.add(errors=1)
             self.note_miss(key)
-            with contextlib.suppress(*_ERRORS):
-                client.delete(name)
+            if raw is not None:
+                with contextlib.suppress(*_ERRORS):
+                    client.delete(name)
             return None
         self._counters.add(hits=1, bytes_out=payload.nbytes)
         return payload
@@ -267,7 +280,8 @@ class RemoteTier:
                 return False
             self._misses.pop(key, None)
         payload = as_byte_view(data)
-        return self._send([(key, fmt.encode(self._fp_digest, key, payload), payload.nbytes)])
+        value = fmt.encode(self._fp_digest, key, payload, self._secret)
+        return self._send([(key, value, payload.nbytes)])
 
     def _send(self, items: list[tuple[ChunkKey, bytes, int]]) -> bool:
         if not items:
@@ -310,7 +324,8 @@ class RemoteTier:
                 ok = False
                 try:
                     payload = as_byte_view(data)
-                    items.append((key, fmt.encode(self._fp_digest, key, payload), payload.nbytes))
+                    value = fmt.encode(self._fp_digest, key, payload, self._secret)
+                    items.append((key, value, payload.nbytes))
                     ok = True
                 except (ValueError, TypeError):
                     self._counters.add(errors=1)
@@ -334,21 +349,11 @@ class RemoteTier:
 
     def clear(self) -> list[ChunkKey]:
         """Delete this fingerprint's chunks from Redis (other models' keys are left alone)."""
-        prefix = fmt.key_prefix(self._fp_hex)
-        gone: list[ChunkKey] = []
         try:
-            client = self._connect()
-            names = list(client.scan_iter(match=f"{prefix}*", count=1000))
-            pipe = client.pipeline(transaction=False)
-            for name in names:
-                pipe.unlink(name)
-            pipe.execute()
+            gone = [ChunkKey(k) for k in fmt.delete_prefix(self._connect(), self._fp_hex)]
         except _ERRORS as e:
             self._on_error(e)
-            return gone
-        for name in names:
-            with contextlib.suppress(ValueError):
-                gone.append(ChunkKey(bytes.fromhex(name.decode()[len(prefix) :])))
+            return []
         self._counters.add(evictions=len(gone))
         return gone
 

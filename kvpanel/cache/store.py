@@ -15,12 +15,17 @@ have is answered PENDING while a fetch thread GETs it; absent or invalid values 
 on a later poll (the remote tier remembers them briefly), valid ones as a CPU HIT. A CPU slot
 is reserved only once the bytes are in hand, so a cold prompt evicts nothing.
 
+``secret`` (bytes shared by trusted servers): disk and Redis chunks carry a keyed MAC and live
+in a namespace of that secret (``kvpanel.cache.secret``); without it they are checked, not
+authenticated.
+
 Lock order: store lock -> tier locks. Tiers never call back into the store while holding
 their own locks, and write completions only touch the CPU tier.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,12 +41,14 @@ from kvpanel.cache.cpu_tier import CpuTier, Reservation
 from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.promoter import Promotion, PromotionPool
+from kvpanel.cache.secret import CacheSecret
 from kvpanel.cache.stats import TierStats, TransferTotals
 
 if TYPE_CHECKING:  # imported when used: redis-py is only needed with a remote_url
     from kvpanel.cache.remote_tier import RemoteTier
 
 TIERS = ("cpu", "disk", "remote")
+log = logging.getLogger("kvpanel")
 
 
 class LookupState(Enum):
@@ -64,14 +71,18 @@ class TieredStore:
         remote_url: str | None = None,
         remote_workers: int = 4,
         remote_options: Mapping[str, Any] | None = None,
+        secret: bytes | None = None,
     ) -> None:
         self.fingerprint = fp
+        keyed = CacheSecret(secret) if secret else None
+        if keyed is not None and (disk_bytes > 0 or remote_url):
+            log.info("kvpanel store: disk and Redis chunks are keyed with the cache secret")
         self.cpu = CpuTier(cpu_bytes, fp.chunk_bytes, pin=pin_memory)
         # No disk tier without a size: opening one with capacity 0 would evict (delete) every
         # chunk a previous run left there, and a size-less path is more likely a slip.
         self.disk: DiskTier | None = None
         if disk_path is not None and disk_bytes > 0:
-            self.disk = DiskTier(disk_path, fp, disk_bytes)
+            self.disk = DiskTier(disk_path, fp, disk_bytes, secret=keyed)
         self._transfers = TransferTotals()
         self._lock = threading.Lock()
         self._pending: dict[ChunkKey, Future[None] | Promotion] = {}
@@ -86,7 +97,7 @@ class TieredStore:
         if remote_url:
             from kvpanel.cache.remote_tier import RemoteTier
 
-            self.remote = RemoteTier(remote_url, fp, **dict(remote_options or {}))
+            self.remote = RemoteTier(remote_url, fp, secret=keyed, **dict(remote_options or {}))
             # Own pool: a slow Redis must not hold up disk promotions, and several GETs in
             # flight hide the round trip when a prompt's chunks are looked up one by one.
             self._fetcher = ThreadPoolExecutor(

@@ -29,7 +29,7 @@ from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.logtee import LogTee
 from kvpanel.serve.options import ServeOptions, parse_serve_args
 from kvpanel.serve.state_dir import ControlSocket, control_socket
-from kvpanel.settings import ConfigError
+from kvpanel.settings import ConfigError, cache_secret_from_env
 
 log = logging.getLogger("kvpanel")
 
@@ -64,6 +64,13 @@ def _kv_config(
     # engine core in a child process either way; this only stops vLLM's CPU platform from
     # moving the worker into a further process (its "mp" executor).
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    # The engine reads the cache secret from its environment (inherited from here), never
+    # from kv_transfer_config, which vLLM logs.
+    for name, value in opts.cache_secret_env.items():
+        if value:
+            os.environ[name] = value
+        else:
+            os.environ.pop(name, None)
 
     if sock is not None:
         opts = replace(opts, settings=replace(opts.settings, control_socket=sock.path))
@@ -84,6 +91,13 @@ def _root_cause(tee: LogTee, wait_s: float = 2.0) -> str | None:
         if (causes and seen_ours) or time.monotonic() >= deadline:
             return causes[-1] if causes else None
         time.sleep(0.1)
+
+
+def _cache_keyed() -> bool:
+    try:
+        return cache_secret_from_env(os.environ) is not None
+    except ConfigError:
+        return False  # the engine refuses to start with it and says why
 
 
 def _device() -> str:
@@ -116,6 +130,8 @@ def _static(opts: ServeOptions, model: str, demo: bool) -> dict[str, Any]:
             # Never the password: this reaches status lines, the control API and the panel.
             "remote_url": display_url(s.remote_url) if s.remote_url else None,
             "chunk_tokens": s.chunk_tokens,
+            # Whether chunks carry a keyed MAC (the secret itself is never shown).
+            "cache_keyed": opts.offload == "kvpanel" and _cache_keyed(),
         },
     }
 

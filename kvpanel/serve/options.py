@@ -4,6 +4,10 @@ Settings come from three places: flags, a config file (``--config`` or ``LMCACHE
 kvpanel or LMCache YAML) and defaults. A value given both as a flag and in the file must agree:
 otherwise one clear error, since silently picking one is how caches end up the wrong size.
 
+The cache secret (``--cache-secret``, ``--cache-secret-file`` or the environment) is kept out of
+CacheSettings, which vLLM logs as part of its config: ``ServeOptions.cache_secret_env`` holds the
+variables to set for the engine process, which reads the secret from there.
+
 Primitives: parse_serve_args(argv) -> ServeOptions; ServeError (exit code 2).
 """
 
@@ -17,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from kvpanel.config_file import load_config_file
-from kvpanel.settings import GB, CacheSettings, ConfigError, default_state_dir
+from kvpanel.settings import (
+    CACHE_SECRET_ENV,
+    CACHE_SECRET_FILE_ENV,
+    GB,
+    CacheSettings,
+    ConfigError,
+    cache_secret_from_env,
+    default_state_dir,
+)
 
 OFFLOAD_MODES = ("kvpanel", "native", "lmcache", "none")
 
@@ -41,6 +53,8 @@ class ServeOptions:
     vllm_args: list[str]
     warnings: list[str] = field(default_factory=list)
     config_path: str | None = None  # the YAML the settings came from (--config or env)
+    # Variables to set ("" = unset) in the engine's environment; repr=False: holds the secret.
+    cache_secret_env: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         "config, dtypes and quantization are still added",
     )
     p.add_argument("--config", help="kvpanel or LMCache YAML (also LMCACHE_CONFIG_FILE)")
+    p.add_argument(
+        "--cache-secret",
+        help="key disk and Redis chunks with this secret, shared by trusted servers (shown by "
+        f"`ps`: prefer {CACHE_SECRET_ENV} or --cache-secret-file)",
+    )
+    p.add_argument(
+        "--cache-secret-file",
+        help=f"file (mode 0600) holding the cache secret (also {CACHE_SECRET_FILE_ENV})",
+    )
     p.add_argument(
         "--offload",
         choices=OFFLOAD_MODES,
@@ -99,6 +122,23 @@ def _has_kv_transfer_config(args: list[str]) -> bool:
         if name == "--kv-transfer-config" or name.startswith("--kv-transfer-config."):
             return True
     return False
+
+
+def _cache_secret_env(ns: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
+    """The engine's secret variables for the flags ("" = unset), checked now (exit 2, one line)
+    rather than in the engine; empty when the flags leave the environment as it is."""
+    if ns.cache_secret is not None and ns.cache_secret_file is not None:
+        raise ServeError("give --cache-secret or --cache-secret-file, not both")
+    out: dict[str, str] = {}
+    if ns.cache_secret is not None:
+        if not ns.cache_secret:
+            raise ServeError("--cache-secret is empty")
+        out = {CACHE_SECRET_ENV: ns.cache_secret, CACHE_SECRET_FILE_ENV: ""}
+    elif ns.cache_secret_file is not None:
+        path = str(Path(ns.cache_secret_file).expanduser().resolve())
+        out = {CACHE_SECRET_ENV: "", CACHE_SECRET_FILE_ENV: path}
+    cache_secret_from_env({**env, **out})
+    return out
 
 
 def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> ServeOptions:
@@ -152,6 +192,9 @@ def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> Serv
         raise ServeError("--control-host needs --control-port")
     if ns.offload != "kvpanel" and (settings.disk_path or settings.remote_url):
         raise ServeError(f"--offload {ns.offload} has no disk or remote tier; drop those settings")
+    if ns.offload != "kvpanel" and (ns.cache_secret or ns.cache_secret_file):
+        raise ServeError(f"--offload {ns.offload} has no disk or remote tier; drop the secret")
+    cache_secret_env = _cache_secret_env(ns, env) if ns.offload == "kvpanel" else {}
     if ns.offload != "none" and _has_kv_transfer_config(rest):
         raise ServeError(
             f"--kv-transfer-config conflicts with --offload {ns.offload}, which sets it; "
@@ -171,4 +214,5 @@ def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> Serv
         vllm_args=rest,
         warnings=warnings,
         config_path=config_path or None,
+        cache_secret_env=cache_secret_env,
     )

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 from typing import Any
 
 from kvpanel.cache.keys import Fingerprint
 from kvpanel.cache.store import TieredStore
-from kvpanel.settings import CacheSettings
+from kvpanel.settings import CacheSettings, cache_secret_from_env
 from kvpanel.vllm_ext import compat, model_identity, runtime, trace
 from kvpanel.vllm_ext.compat import (
     CanonicalKVCaches,
@@ -114,6 +115,7 @@ class KvpanelOffloadingSpec(OffloadingSpec):
                 disk_bytes=s.disk_bytes,
                 remote_url=s.remote_url,
                 pin_memory=compat.is_cuda(),
+                secret=cache_secret_from_env(os.environ),  # not in s: vLLM logs its config
             )
 
         store = runtime.open_store(self.config.engine_id, factory)

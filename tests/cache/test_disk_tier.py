@@ -13,6 +13,7 @@ from conftest import CHUNK_BYTES, REPO_ROOT, key, make_fp, payload
 from kvpanel.cache import disk_format as fmt
 from kvpanel.cache.disk_tier import DiskTier, DiskTierError
 from kvpanel.cache.keys import Fingerprint
+from kvpanel.cache.secret import CacheSecret
 
 FILE_BYTES = fmt.HEADER_BYTES + CHUNK_BYTES
 
@@ -278,3 +279,50 @@ def test_queue_full_counts_dropped(tmp_path: Path, fp: Fingerprint) -> None:
         gate.set()
         t.close()
     assert not t.put_async(key(4), data(4))  # closed
+
+
+# ----- cache secret: keyed chunks, one namespace per secret ----------------------------------
+
+SECRET = CacheSecret(b"s" * 32)
+OTHER_SECRET = CacheSecret(b"t" * 32)
+
+
+def test_secret_namespaces_do_not_meet(tmp_path: Path, fp: Fingerprint) -> None:
+    """Chunks written with secret S are hits for S only; others neither see nor delete them."""
+    a = DiskTier(tmp_path, fp, 10 * FILE_BYTES, secret=SECRET)
+    a.put(key(1), data(1))
+    a.close()
+    written = path_of(a, 1)
+    assert written.exists() and a.dir.name != fp.hex()  # not the unkeyed dir
+    for secret in (OTHER_SECRET, None):
+        other = DiskTier(tmp_path, fp, 10 * FILE_BYTES, secret=secret)
+        try:
+            assert other.dir != a.dir and not other.contains(key(1))
+            assert other.get(key(1)) is None
+            other.put(key(2), data(2))  # lands in its own namespace
+            other.clear()
+            assert other.stats().errors == 0
+        finally:
+            other.close()
+    assert written.exists()
+    b = DiskTier(tmp_path, fp, 10 * FILE_BYTES, secret=CacheSecret(b"s" * 32))  # same secret
+    try:
+        out = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)
+        assert b.dir == a.dir and b.read_into(key(1), out) and torch.equal(out, payload(1))
+        assert not b.contains(key(2)) and b.stats().errors == 0
+    finally:
+        b.close()
+
+
+def test_forged_chunk_with_secret_is_a_miss(tmp_path: Path, fp: Fingerprint) -> None:
+    """A file with a valid unkeyed header and checksum, named like a keyed chunk, is rejected."""
+    t = DiskTier(tmp_path, fp, 10 * FILE_BYTES, secret=SECRET)
+    try:
+        t.put(key(1), data(1))
+        forged = path_of(t, 1)
+        digest = fmt.ChunkHeader.unpack(forged.read_bytes()).fingerprint  # readable by anyone
+        fmt.write_chunk(forged, digest, key(1), memoryview(data(7)))  # unkeyed checksum
+        assert t.get(key(1)) is None
+        assert not forged.exists() and t.stats().errors == 1
+    finally:
+        t.close()

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import CHUNK_BYTES, key, make_fp, payload
+from redis.cluster import RedisCluster
 
 from kvpanel.cache import remote_format as fmt
 from kvpanel.cache.keys import Fingerprint
 from kvpanel.cache.remote_tier import RemoteTier
+from kvpanel.cache.secret import CacheSecret
 from tests.redis_server import REDIS_CLI, RedisServer, environment_skip, free_port, require_redis
 
 
@@ -126,6 +128,90 @@ def test_wrong_length_is_doubtful(tier: RemoteTier, server: RedisServer, fp: Fin
     assert tier.get(key(1), expect_bytes=CHUNK_BYTES) is None
     assert tier.stats().errors == 1
     assert not server.client().exists(fmt.redis_key(fp.hex(), key(1)))
+
+
+def sent_bytes(server: RedisServer) -> int:
+    return int(server.client().info("stats")["total_net_output_bytes"])
+
+
+def calls(server: RedisServer) -> dict[str, int]:
+    stats = server.client().info("commandstats")
+    return {name[len("cmdstat_") :]: int(v["calls"]) for name, v in stats.items()}
+
+
+def test_oversized_value_is_not_downloaded(
+    tier: RemoteTier, server: RedisServer, fp: Fingerprint
+) -> None:
+    name = fmt.redis_key(fp.hex(), key(1))
+    server.client().setrange(name, (32 << 20) - 1, b"x")  # 32 MiB of junk, made server-side
+    before = sent_bytes(server)
+    assert tier.get(key(1), expect_bytes=CHUNK_BYTES) is None
+    assert sent_bytes(server) - before < 64 << 10  # the length was checked, not the value read
+    assert not server.client().exists(name)  # junk under our name: deleted
+    s = tier.stats()
+    assert s.errors == 1 and s.hits == 0 and s.healthy
+    assert not tier.may_have(key(1))
+    # Without expect_bytes the fingerprint's chunk size bounds the read just the same.
+    server.client().setrange(name, (32 << 20) - 1, b"x")
+    before = sent_bytes(server)
+    assert tier.get(key(1)) is None and not server.client().exists(name)
+    assert sent_bytes(server) - before < 64 << 10
+
+
+def test_good_value_costs_one_round_trip(
+    tier: RemoteTier, server: RedisServer, fp: Fingerprint
+) -> None:
+    assert tier.put(key(1), payload(1))
+    assert tier.get(key(1), expect_bytes=CHUNK_BYTES) is not None
+    before = calls(server)
+    got = tier.get(key(1), expect_bytes=CHUNK_BYTES)
+    assert got is not None and torch.equal(as_tensor(got), payload(1))
+    after = calls(server)
+    spent = {c: n - before.get(c, 0) for c, n in after.items() if n != before.get(c, 0)}
+    # Not counted: this test's own connection and INFO calls, and the tier's health probe.
+    ignored = {"info", "hello", "ping", "dbsize"}
+    spent = {c: n for c, n in spent.items() if c not in ignored and not c.startswith("client")}
+    # One pipeline: the length check (Redis also counts the STRLEN its script ran) and the read.
+    assert spent == {"eval": 1, "strlen": 1, "getrange": 1}
+
+
+def test_forged_value_with_secret_is_a_miss(server: RedisServer, fp: Fingerprint) -> None:
+    """A valid unkeyed header + checksum under a keyed server's key name is rejected."""
+    t = RemoteTier(server.url, fp, secret=CacheSecret(b"s" * 32))
+    try:
+        assert t.put(key(1), payload(1))
+        (name,) = server.client().keys("kvpanel:*")
+        assert fp.hex().encode() not in name  # its own namespace
+        digest = bytes.fromhex(name.decode().split(":")[1])  # key names are public
+        forged = fmt.encode(digest, key(1), memoryview(payload(7).numpy()))
+        server.client().set(name, forged)
+        assert t.get(key(1), expect_bytes=CHUNK_BYTES) is None
+        assert not server.client().exists(name)
+        s = t.stats()
+        assert s.errors == 1 and s.hits == 0
+    finally:
+        t.close()
+
+
+def test_secret_namespaces_do_not_meet(server: RedisServer, fp: Fingerprint) -> None:
+    """Values written with secret S are hits for S only; others neither see nor delete them."""
+    a = RemoteTier(server.url, fp, secret=CacheSecret(b"s" * 32))
+    b = RemoteTier(server.url, fp, secret=CacheSecret(b"s" * 32))
+    c = RemoteTier(server.url, fp, secret=CacheSecret(b"t" * 32))
+    d = RemoteTier(server.url, fp)
+    try:
+        assert a.put(key(1), payload(1)) and d.put(key(2), payload(2))
+        got = b.get(key(1), expect_bytes=CHUNK_BYTES)
+        assert got is not None and torch.equal(as_tensor(got), payload(1))
+        for other in (c, d):
+            assert other.get(key(1), expect_bytes=CHUNK_BYTES) is None
+            assert other.stats().errors == 0
+        assert a.get(key(2), expect_bytes=CHUNK_BYTES) is None and a.stats().errors == 0
+        assert c.clear() == [] and server.client().dbsize() == 2
+        assert d.clear() == [key(2)] and b.clear() == [key(1)]
+    finally:
+        for t in (a, b, c, d):
+            t.close()
 
 
 def test_full_queue_drops_instead_of_blocking(server: RedisServer, fp: Fingerprint) -> None:
@@ -277,6 +363,13 @@ def test_cluster_round_trip(cluster: list[RedisServer], fp: Fingerprint, form: s
         # The keys really are spread over the nodes (24 random slots on 3 nodes).
         per_node = [n.client().dbsize() for n in cluster]
         assert sum(per_node) >= len(ids) and sum(1 for c in per_node if c) >= 2
+        # Oversized junk under one of our names: rejected by its length, on whichever node.
+        name = fmt.redis_key(fp.hex(), key(999))
+        junk = RedisCluster.from_url(f"redis://127.0.0.1:{cluster[0].port}")
+        junk.setrange(name, (8 << 20) - 1, b"x")
+        assert t.get(key(999), expect_bytes=CHUNK_BYTES) is None
+        assert not junk.exists(name) and t.stats().errors == 1
+        junk.close()
         assert len(t.clear()) == len(ids)
         assert sum(n.client().dbsize() for n in cluster) == 0
     finally:
