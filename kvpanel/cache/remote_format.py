@@ -16,7 +16,8 @@ Primitives:
   Junk under our key names, of any size, is never sent, and a good value costs one round trip
   and one copy in Redis, as a GET does (a script that returned the value itself was measured
   ~50% slower for 6 MiB values: Lua copies it twice more). Both commands name one key, so they
-  run on Redis Cluster too.
+  run on Redis Cluster too. A Redis user without EVAL gets STRLEN + GETRANGE instead (at most
+  one chunk's bytes of a wrong value are sent; the tier deletes it).
 
 Redis is shared by many processes and models, and anything may have written a key (another
 kvpanel version, an operator, a bug), so nothing is trusted until ``decode`` checked it all.
@@ -35,7 +36,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
-from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.retry import Retry
 
 from kvpanel.cache.disk_format import HEADER_BYTES, ChunkHeader, CorruptChunk
@@ -174,20 +181,36 @@ def connect(
 
 
 def get_checked(
-    client: redis.Redis | RedisCluster, name: bytes, nbytes: int
+    client: redis.Redis | RedisCluster, name: bytes, nbytes: int, *, scripted: bool = True
 ) -> tuple[int, bytes | None]:
     """(length, value) of ``name`` in one round trip: ``(-1, None)`` when absent; a length other
-    than ``nbytes`` means the value was deleted unread (``None``)."""
+    than ``nbytes`` gives ``None`` (deleted unread when ``scripted``).
+
+    ``scripted=False`` (a Redis user without EVAL): STRLEN + GETRANGE, so at most ``nbytes`` of
+    a wrong value are sent, and the caller deletes it.
+    """
     # EVAL, not EVALSHA: redis-py refuses EVALSHA (and its eval() method) in cluster pipelines,
     # and the script's ~200 bytes are nothing next to a chunk (Redis compiles it once and caches
     # it). Not a transaction either (a cluster pipeline need not support one): a write between
     # the two commands just makes the range hold other bytes, at most nbytes, which decode()
     # rejects.
     pipe = client.pipeline(transaction=False)
-    pipe.execute_command("EVAL", DROP_IF_NOT_LENGTH, 1, name, nbytes)
+    if scripted:
+        pipe.execute_command("EVAL", DROP_IF_NOT_LENGTH, 1, name, nbytes)
+    else:
+        pipe.strlen(name)
     pipe.getrange(name, 0, nbytes - 1)
     size, raw = pipe.execute()
-    return int(size), (raw if int(size) == nbytes else None)
+    size = int(size)
+    if not scripted and size == 0:
+        size = -1  # absent (an empty value is no chunk either)
+    return size, (raw if size == nbytes else None)
+
+
+def is_permission_error(e: BaseException) -> bool:
+    return isinstance(e, NoPermissionError) or (
+        isinstance(e, ResponseError) and str(e).startswith("NOPERM")
+    )
 
 
 def is_down(e: BaseException) -> bool:

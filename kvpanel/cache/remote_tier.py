@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
 
 from kvpanel.cache import remote_format as fmt
 from kvpanel.cache.buffers import Payload, as_byte_view, payload_nbytes
@@ -67,6 +68,7 @@ class RemoteTier:
         self._fp_digest = namespace_digest(fp.digest(), secret)
         self._fp_hex = self._fp_digest.hex()
         self._chunk_bytes = fp.chunk_bytes
+        self._scripted = True  # reads check lengths in Redis (EVAL) until it says NOPERM
         self._batch_bytes = max(1, batch_bytes)
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
@@ -208,13 +210,27 @@ class RemoteTier:
         name = fmt.redis_key(self._fp_hex, key)
         payload_bytes = self._chunk_bytes if expect_bytes is None else expect_bytes
         value_bytes = fmt.HEADER_BYTES + payload_bytes
+        client: redis.Redis | RedisCluster | None = None
         try:
             client = self._connect()
             t0 = time.perf_counter()
-            size, raw = fmt.get_checked(client, name, value_bytes)
+            try:
+                size, raw = fmt.get_checked(client, name, value_bytes, scripted=self._scripted)
+            except ResponseError as e:
+                if not (self._scripted and fmt.is_permission_error(e)):
+                    raise
+                log.warning("kvpanel remote tier: no EVAL permission, reading without the script")
+                self._scripted = False
+                size, raw = fmt.get_checked(client, name, value_bytes, scripted=False)
             dt = time.perf_counter() - t0
         except _ERRORS as e:
             self._on_error(e)
+            if client is not None and not fmt.is_down(e):
+                # Redis answered (a wrong type under our name, no permission): a miss for
+                # miss_ttl_s, not a PENDING that is fetched again on every poll.
+                self.note_miss(key)
+                with contextlib.suppress(*_ERRORS):
+                    client.unlink(name)
             return None
         with self._lock:
             self._gets += 1
@@ -232,9 +248,9 @@ class RemoteTier:
             log.warning("kvpanel remote tier: dropping bad value %s: %s", name.decode(), e)
             self._counters.add(errors=1)
             self.note_miss(key)
-            if raw is not None:
+            if raw is not None or not self._scripted:  # the script deleted a wrong length
                 with contextlib.suppress(*_ERRORS):
-                    client.delete(name)
+                    client.unlink(name)
             return None
         self._counters.add(hits=1, bytes_out=payload.nbytes)
         return payload

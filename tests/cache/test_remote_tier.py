@@ -175,6 +175,42 @@ def test_good_value_costs_one_round_trip(
     assert spent == {"eval": 1, "strlen": 1, "getrange": 1}
 
 
+def test_wrong_type_under_our_name_is_a_remembered_miss(
+    tier: RemoteTier, server: RedisServer, fp: Fingerprint
+) -> None:
+    """A hash planted under a chunk's name makes Redis answer WRONGTYPE: a miss that is
+    remembered (not a PENDING fetched again on every poll), the entry removed, the tier up."""
+    name = fmt.redis_key(fp.hex(), key(1))
+    server.client().hset(name, "f", "v")
+    assert tier.may_have(key(1))
+    assert tier.get(key(1), expect_bytes=CHUNK_BYTES) is None
+    assert not tier.may_have(key(1))  # remembered: the store answers MISS without I/O
+    assert not server.client().exists(name)
+    s = tier.stats()
+    assert s.errors == 1 and s.healthy
+
+
+def test_user_without_eval_still_reads_checked_values(server: RedisServer, fp: Fingerprint) -> None:
+    """An ACL user without scripting: reads fall back to STRLEN + GETRANGE; good values hit,
+    oversized junk sends at most one chunk and is deleted."""
+    admin = server.client()
+    admin.execute_command("ACL", "SETUSER", "noscript", "on", ">pw", "~*", "+@all", "-@scripting")
+    t = RemoteTier(f"redis://noscript:pw@127.0.0.1:{server.port}", fp)
+    try:
+        assert t.put(key(1), payload(1))
+        got = t.get(key(1), expect_bytes=CHUNK_BYTES)
+        assert got is not None and torch.equal(as_tensor(got), payload(1))
+        name = fmt.redis_key(fp.hex(), key(2))
+        admin.setrange(name, (32 << 20) - 1, b"x")
+        before = sent_bytes(server)
+        assert t.get(key(2), expect_bytes=CHUNK_BYTES) is None
+        assert sent_bytes(server) - before < CHUNK_BYTES + (64 << 10)
+        assert not admin.exists(name)
+        assert t.stats().healthy and t.stats().hits == 1
+    finally:
+        t.close()
+
+
 def test_forged_value_with_secret_is_a_miss(server: RedisServer, fp: Fingerprint) -> None:
     """A valid unkeyed header + checksum under a keyed server's key name is rejected."""
     t = RemoteTier(server.url, fp, secret=CacheSecret(b"s" * 32))
