@@ -67,8 +67,9 @@ class PromotionPool:
             self._given_up += 1
             self._spawn_if_short()
 
-    def shutdown(self, *, wait: bool = True) -> None:
-        """Stop after the queued jobs; with ``wait``, join every thread not given up on."""
+    def shutdown(self, *, wait: bool = True, timeout_s: float | None = None) -> None:
+        """Stop after the queued jobs; with ``wait``, join every thread not given up on, and
+        not one whose job has run longer than ``timeout_s`` (a hung read must not hang close)."""
         with self._lock:
             self._closed = True
             threads = list(self._threads)
@@ -80,7 +81,10 @@ class PromotionPool:
             while th.is_alive():
                 with self._lock:
                     job = self._threads.get(th)
-                if job is not None and job.holds_thread:
+                if job is not None and (
+                    job.holds_thread
+                    or (timeout_s is not None and job.overdue(timeout_s, time.monotonic()))
+                ):
                     break
                 th.join(0.05)
 
@@ -92,7 +96,10 @@ class PromotionPool:
         if len(self._threads) < wanted:
             th = threading.Thread(target=self._run, name=f"{self._name}-{id(self):x}", daemon=True)
             self._threads[th] = None
-            th.start()
+            try:
+                th.start()
+            except RuntimeError:  # no thread to be had: queued jobs wait, then go overdue
+                del self._threads[th]
 
     def _run(self) -> None:
         me = threading.current_thread()

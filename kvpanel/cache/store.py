@@ -88,6 +88,9 @@ class TieredStore:
         self._pending: dict[ChunkKey, Future[None] | Promotion] = {}
         self._given_up: set[ChunkKey] = set()  # promotions past their deadline, still running
         self._promote_timeout_s = promote_timeout_s
+        # Reads given up on and not yet returned, past which the disk counts as stalled: one stuck
+        # file must not turn the tier off, a dead mount must not pin a CPU slot per lookup.
+        self._stalled_after = max(4, 2 * promote_workers)
         self._next_sweep = 0.0
         self._promoter = PromotionPool(promote_workers, name="kvpanel-promote")
         # Redis errors never raise from here (an unreachable Redis is an unhealthy tier); a
@@ -120,7 +123,11 @@ class TieredStore:
                 return LookupState.HIT
             if self._closed:
                 return LookupState.MISS
-            if self.disk is not None and self.disk.lookup(key, count):
+            if (
+                self.disk is not None
+                and len(self._given_up) < self._stalled_after  # else a miss, no slot pinned
+                and self.disk.lookup(key, count)
+            ):
                 # Reserve here, not in the worker, so "no CPU room" is a MISS right away
                 # instead of a PENDING that fails later and is retried on every poll.
                 res = self.cpu.reserve([key])
@@ -304,7 +311,12 @@ class TieredStore:
             if self._closed:
                 return
             self._closed = True
-        self._promoter.shutdown(wait=True)  # not for promotions given up on
+        with self._lock:
+            for job in self._pending.values():
+                if isinstance(job, Promotion) and job.started is None:
+                    self._promoter.give_up(job)  # queued: release the slot without reading
+        # Not for promotions given up on, nor for a read hung past the promotion timeout.
+        self._promoter.shutdown(wait=True, timeout_s=self._promote_timeout_s)
         if self._fetcher is not None:
             self._fetcher.shutdown(wait=True)
         if self.disk is not None:

@@ -371,3 +371,45 @@ def test_writes_of_another_size_are_refused(tmp_path: Path, fp: Fingerprint) -> 
         assert not t.put(key(1), b"x" * 16)
         assert not t.contains(key(1)) and not path_of(t.dir, 1).exists()
         assert t.put(key(2), data(2))
+
+
+def test_stalled_disk_is_skipped_and_close_does_not_hang(
+    tmp_path: Path, fp: Fingerprint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read hangs (a dead NFS server): once 4 reads (the floor) were given up on, lookups
+    skip the disk (MISS, no CPU slot pinned behind it), and close() returns although the reads
+    never do."""
+    fill(tmp_path, fp, [1, 2, 3, 4, 5, 6, 7])
+    store = TieredStore(
+        fp,
+        cpu_bytes=8 * CHUNK_BYTES,
+        disk_path=tmp_path,
+        disk_bytes=DISK_BYTES,
+        promote_workers=2,
+        promote_timeout_s=0.2,
+    )
+    disk = store.disk
+    assert disk is not None
+    release = threading.Event()
+
+    def hung(_k: ChunkKey, _out: torch.Tensor) -> bool:
+        release.wait(60)
+        return False
+
+    monkeypatch.setattr(disk, "read_into", hung)
+    try:
+        for k in (1, 2, 3, 4):
+            assert store.lookup(key(k)) is LookupState.PENDING
+        for k in (1, 2, 3, 4):
+            assert wait_state(store, key(k), timeout=3) is LookupState.MISS
+        used = store.cpu.used_bytes
+        for k in (5, 6, 7):
+            assert store.lookup(key(k)) is LookupState.MISS  # skipped: no read, no slot
+        assert store.cpu.used_bytes == used
+        store.lookup(key(1))  # a queued job behind hung threads must not hold close() either
+        t0 = time.monotonic()
+        store.close()
+        assert time.monotonic() - t0 < 2
+    finally:
+        release.set()
+        store.close()
