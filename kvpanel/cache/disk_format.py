@@ -145,9 +145,12 @@ def open_regular(path: Path | str, dir_fd: int | None = None) -> int:
         raise CorruptChunk("not a regular file")
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     fd = os.open(path, flags, dir_fd=dir_fd)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CorruptChunk("not a regular file")
+    except BaseException:
         os.close(fd)
-        raise CorruptChunk("not a regular file")
+        raise
     return fd
 
 

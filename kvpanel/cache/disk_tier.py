@@ -42,6 +42,7 @@ log = logging.getLogger("kvpanel")
 OnDone = Callable[[bool], None]
 # Only these mean the filesystem is out of room; any other write error is about one chunk path.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_MAX_FAILED_WRITES = 3
 _Job = tuple[ChunkKey, Payload, OnDone | None]
 
 
@@ -98,6 +99,8 @@ class DiskTier:
         self._reserved = 0  # bytes being written right now
         self._queued: set[ChunkKey] = set()
         self._full_since: float | None = None
+        self._stop_note = "full"  # why writes are refused while _full_since is set
+        self._failed_writes = 0  # in a row, ENOSPC/EDQUOT aside
         self._counters = TierCounters("disk")
         self._closed = False
         self._rebuild_index()
@@ -139,7 +142,7 @@ class DiskTier:
     def stats(self) -> TierStats:
         with self._lock:
             full = self._is_full()
-            note = "disabled" if self._capacity == 0 else "full" if full else ""
+            note = "disabled" if self._capacity == 0 else self._stop_note if full else ""
             return self._counters.snapshot(
                 self._capacity, self._used, len(self._sizes), healthy=not full, note=note
             )
@@ -290,14 +293,19 @@ class DiskTier:
             full = e.errno in _FULL_ERRNOS
             with self._lock:
                 self._reserved -= size
-                if full:
+                self._failed_writes = 0 if full else self._failed_writes + 1
+                # A failing disk (EIO, EROFS, EACCES) must not evict a good chunk per refused
+                # write: after a few in a row it stops admitting like a full one, for a while.
+                if full or self._failed_writes >= _MAX_FAILED_WRITES:
                     self._full_since = time.monotonic()
+                    self._stop_note = "full" if full else "write errors"
             if not full:
                 self._warn_once("cannot write chunk %s: %s", key.hex(), e)
             self._counters.add(errors=1)
             return False
         with self._lock:
             self._reserved -= size
+            self._failed_writes = 0
             self._add(key, size)
         self._counters.add(bytes_in=payload.nbytes)
         return True

@@ -413,3 +413,26 @@ def test_stalled_disk_is_skipped_and_close_does_not_hang(
     finally:
         release.set()
         store.close()
+
+
+def test_a_failing_disk_does_not_evict_the_cache_write_by_write(
+    tmp_path: Path, fp: Fingerprint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At capacity every write evicts one chunk first. If writes keep failing (EIO after a bad
+    remount), the tier stops admitting after a few, instead of evicting the whole cache."""
+    t = DiskTier(tmp_path, fp, 10 * FILE_BYTES, full_retry_s=60)
+    try:
+        for i in range(10):
+            assert t.put(key(i), data(i))
+
+        def eio(*_a: object, **_k: object) -> int:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(fmt, "write_chunk", eio)
+        for i in range(100, 120):
+            assert not t.put(key(i), data(i))
+        s = t.stats()
+        assert s.chunks >= 10 - 3 and s.note == "write errors" and not s.healthy
+        assert s.errors == 3
+    finally:
+        t.close()
