@@ -14,7 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 HIDDEN = "***"
 # Flags of `kvpanel serve` / `kvpanel bench` whose value is a secret, or a URL that may hold one.
-SECRET_FLAGS = frozenset({"--token", "--api-key", "--cache-secret"})
+# --kv-transfer-config: its JSON may carry a remote_url with a password.
+SECRET_FLAGS = frozenset(
+    {"--token", "--api-key", "--cache-secret", "--hf-token", "--kv-transfer-config"}
+)
 URL_FLAGS = frozenset({"--remote-url"})
 
 

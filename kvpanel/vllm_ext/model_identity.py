@@ -33,7 +33,7 @@ log = logging.getLogger("kvpanel")
 _PROVENANCE_KEYS = frozenset({"_name_or_path", "_commit_hash", "transformers_version"})
 
 
-class UnknownModelContent(ConfigError):
+class UnknownModelContentError(ConfigError):
     """Shared tiers were asked for a model whose weights kvpanel cannot read."""
 
 
@@ -99,9 +99,9 @@ def engine_identity(vllm_config: Any) -> dict[str, Any]:
     }
 
 
-def unknown_content_error(name: str, revision: str | None) -> UnknownModelContent:
+def unknown_content_error(name: str, revision: str | None) -> UnknownModelContentError:
     at = f" at revision {revision}" if revision else ""
-    return UnknownModelContent(
+    return UnknownModelContentError(
         f"kvpanel cannot read the weights of model {name!r}{at} to fingerprint its KV; the disk "
         "and Redis tiers need a local model path or an explicit --model-id naming these exact "
         "weights (the CPU tier works without)"
@@ -125,7 +125,8 @@ def shared_tiers_policy(
 
     - vLLM's engine config not found (``engine_known`` false): ConfigError, since overrides
       and dtypes would be missing from the fingerprint.
-    - Weights kvpanel cannot read (``weights is None``) and no ``--model-id``: UnknownModelContent.
+    - Weights kvpanel cannot read (``weights is None``) and no ``--model-id``:
+      UnknownModelContentError.
     - LoRA enabled: vLLM 0.32's block hashes carry the adapter's name and path (extra keys
       ``("lora", name, path)``), not its content, and kvpanel's manager sees only those hashes,
       so it cannot tell a LoRA request's chunk from a base-model one, nor an adapter rewritten in

@@ -43,8 +43,12 @@ def fingerprint_for(
     download_dir = getattr(getattr(vllm_config, "load_config", None), "download_dir", None)
     if settings.model_id:
         weights: str | None = f"id:{settings.model_id}"
-    else:
+    elif settings.disk_path or settings.remote_url:
         weights = model_identity.weights_identity(name, revision, download_dir)
+    else:
+        # The CPU tier lives and dies with this process and its loaded weights: no need to
+        # read (maybe 60 GB of) weight files to tell them apart from other processes'.
+        weights = f"process:{name}"
     # Unknown content may still key the process-private CPU tier (shared tiers are refused).
     model = weights or f"unverified:{name}"
     engine = model_identity.engine_identity(vllm_config) if vllm_config is not None else None

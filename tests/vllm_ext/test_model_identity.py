@@ -16,7 +16,7 @@ import pytest
 from kvpanel.serve.options import parse_serve_args
 from kvpanel.settings import CacheSettings, ConfigError
 from kvpanel.vllm_ext import weights_digest
-from kvpanel.vllm_ext.model_identity import UnknownModelContent, weights_identity
+from kvpanel.vllm_ext.model_identity import UnknownModelContentError, weights_identity
 from kvpanel.vllm_ext.spec import KvpanelOffloadingSpec, fingerprint_for
 from kvpanel.vllm_ext.weights_digest import DigestCache, model_digest
 
@@ -258,15 +258,16 @@ def test_unresolvable_hub_name_refuses_disk_tier_and_model_id_allows_it(tmp_path
     vllm_config = engine_config()
     vllm_config.load_config.download_dir = str(tmp_path / "empty-hub")
     disk = CacheSettings(disk_path=str(tmp_path / "disk"), disk_bytes=MiB)
-    with pytest.raises(UnknownModelContent, match="--model-id") as err:
+    with pytest.raises(UnknownModelContentError, match="--model-id") as err:
         build_spec("someorg/not-downloaded", disk, vllm_config)
     assert "\n" not in str(err.value)
-    with pytest.raises(UnknownModelContent):
+    with pytest.raises(UnknownModelContentError):
         build_spec(
             "someorg/not-downloaded", CacheSettings(remote_url="redis://127.0.0.1:1"), vllm_config
         )
     cpu_only = build_spec("someorg/not-downloaded", CacheSettings(), vllm_config)
-    assert cpu_only.fingerprint.model == "unverified:someorg/not-downloaded"
+    # CPU tier only: private to the process, so the weights are not read at all.
+    assert cpu_only.fingerprint.model == "process:someorg/not-downloaded"
     named = build_spec(
         "someorg/not-downloaded", CacheSettings(**{**_fields(disk), "model_id": "x@1"}), vllm_config
     )
