@@ -29,28 +29,36 @@ ENGINE_FLAGS = [
 ]
 
 
-def serve_argv(model: str, *extra: str) -> list[str]:
+def serve_argv(model: str | None, *extra: str) -> list[str]:
+    """No model: the embedded demo model with the demo's own engine defaults (no ENGINE_FLAGS)."""
     code = "import sys; from kvpanel.cli import main; sys.exit(main())"
+    engine_flags = ENGINE_FLAGS if model is not None else []
     return [
         sys.executable,
         "-c",
         code,
         "serve",
-        model,
+        *([model] if model is not None else []),
         "--no-ui",
         "--port",
         "0",
         "--status-interval",
         "1",
-        *ENGINE_FLAGS,
+        *engine_flags,
         *extra,
     ]
 
 
-def start(model: str, tmp: Path, *extra: str, name: str = "serve") -> ServeProcess:
+def start(
+    model: str | None,
+    tmp: Path,
+    *extra: str,
+    name: str = "serve",
+    env: dict[str, str] | None = None,
+) -> ServeProcess:
     tmp.mkdir(parents=True, exist_ok=True)
     argv = serve_argv(model, "--state-dir", str(tmp / "state"), *extra)
-    return ServeProcess.start(argv, ready_timeout_s=600, log_path=tmp / f"{name}.log")
+    return ServeProcess.start(argv, ready_timeout_s=600, log_path=tmp / f"{name}.log", env=env)
 
 
 def http(
