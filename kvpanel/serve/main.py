@@ -198,12 +198,15 @@ def serve_main(argv: list[str]) -> int:
     model = opts.model
     vllm_extra: list[str] = []
     if demo:
+        from kvpanel.demo.engine import demo_vllm_args, drop_cpu_kv_space
         from kvpanel.demo.tiny_models import demo_model_dir
 
         model = str(demo_model_dir())
-        # The demo runs anywhere: eager (no compile wait) and a KV size for small machines.
-        vllm_extra = ["--enforce-eager", "--max-model-len", "4096"]
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # A KV cache small enough that long prompts overflow it into kvpanel's tiers.
+        vllm_extra = demo_vllm_args()
+        dropped = drop_cpu_kv_space(os.environ)
+        if dropped:
+            print(f"kvpanel serve: warning: {dropped}", file=sys.stderr)
     assert model is not None
     opts = replace(opts, vllm_args=[*vllm_extra, *opts.vllm_args])
     sock: ControlSocket | None = None

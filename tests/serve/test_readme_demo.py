@@ -1,6 +1,7 @@
 """The README's demo, as a new user runs it: `kvpanel serve` on the embedded demo model with the
 demo's own defaults, then the README's request block, run by bash exactly as written (only the
-port differs), must show CPU-tier hits and the same greedy answer for the repeated document."""
+port differs), must show CPU-tier hits and the same greedy answer for the repeated document; the
+panel's benchmark with its default parameters then hits the CPU tier in its query round."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+
+from kvpanel.panel.backend import BENCH_DEFAULTS
 
 from .conftest import http, start
 
@@ -32,7 +35,11 @@ def readme_demo_requests() -> str:
     return block.group(1)
 
 
-def test_readme_demo_requests_hit_the_cpu_tier(tmp_path):
+def cpu_hits(url: str, token: str) -> int:
+    return int(http("GET", f"{url}/kvpanel/v1/status", token=token)[1]["tiers"]["cpu"]["hits"])
+
+
+def test_readme_demo_requests_and_panel_bench_hit_the_cpu_tier(tmp_path):
     script = readme_demo_requests()
     assert "localhost:8000" in script
     assert shutil.which("curl"), "the README's demo requests use curl"
@@ -63,11 +70,26 @@ def test_readme_demo_requests_hit_the_cpu_tier(tmp_path):
         assert texts[-1] == texts[0]  # greedy: the repeat's KV (from the CPU tier) is right
 
         deadline = time.monotonic() + 30
-        while True:
-            status = http("GET", f"{url}/kvpanel/v1/status", token=token)[1]
-            if status["tiers"]["cpu"]["hits"] > 0 or time.monotonic() > deadline:
-                break
+        while cpu_hits(url, token) == 0 and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert status["tiers"]["cpu"]["hits"] > 0, status["tiers"]
+        assert cpu_hits(url, token) > 0
+
+        # The panel's benchmark, as its dialog starts it: the query round re-sends documents
+        # the demo engine's KV cache has long lost, so they come back from the CPU tier.
+        code, body = http("POST", f"{url}/kvpanel/v1/bench", dict(BENCH_DEFAULTS), token=token)
+        assert code == 200, body
+        at_query_start = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            bench = http("GET", f"{url}/kvpanel/v1/bench", token=token)[1]["bench"]
+            if at_query_start is None and bench["phase"].startswith("query"):
+                at_query_start = cpu_hits(url, token)
+            if bench["state"] != "running":
+                break
+            time.sleep(0.2)
+        assert bench["state"] == "done", bench
+        assert at_query_start is not None, bench
+        time.sleep(2)  # the status interval: the last query requests' hits are counted
+        assert cpu_hits(url, token) > at_query_start
     finally:
         server.stop()
