@@ -16,6 +16,7 @@ from typing import Any
 from kvpanel.metrics.engine_samples import EngineTotals
 from kvpanel.metrics.host import gpus, host_memory
 from kvpanel.metrics.percentile import percentile
+from kvpanel.settings import GPU_TIER
 
 SCHEMA_VERSION = 1
 
@@ -56,7 +57,7 @@ class SnapshotBuilder:
         bench: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         out_tiers: dict[str, dict[str, Any]] = {
-            "gpu": {
+            GPU_TIER: {
                 "capacity_bytes": gpu_kv_bytes,
                 "used_bytes": int(gpu_kv_bytes * totals.kv_usage),
                 "chunks": 0,

@@ -14,7 +14,6 @@ Primitives: parse_serve_args(argv) -> ServeOptions; ServeError (exit code 2).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from kvpanel.settings import (
     ConfigError,
     cache_secret_from_env,
     default_state_dir,
+    fmt_gib,
+    gb_to_bytes,
 )
 
 OFFLOAD_MODES = ("kvpanel", "native", "lmcache", "none")
@@ -106,12 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
 def _gb(name: str, v: float | None) -> int | None:
     if v is None:
         return None
-    # reliability fix: "nan"/"inf" parse as floats and crashed int() with a traceback.
-    if not math.isfinite(v):
-        raise ServeError(f"--{name} must be a finite number, got {v}")
-    if v < 0:
-        raise ServeError(f"--{name} must not be negative, got {v}")
-    return int(v * GB)
+    try:
+        return gb_to_bytes(v, f"--{name}")
+    except ConfigError as e:
+        raise ServeError(str(e)) from None
+
+
+def _shown(key: str, value: Any) -> str:
+    """A setting as the user wrote it: sizes in GiB (flags and files give GB), else repr."""
+    if key.endswith("_bytes") and isinstance(value, int):
+        return fmt_gib(value)
+    return repr(value)
 
 
 def _has_kv_transfer_config(args: list[str]) -> bool:
@@ -178,8 +184,8 @@ def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> Serv
             a, b = str(Path(a).expanduser().resolve()), str(Path(b).expanduser().resolve())
         if a != b:
             raise ServeError(
-                f"conflicting {key}: {flags[key]!r} from the command line but "
-                f"{file_values[key]!r} in {config_path}"
+                f"conflicting {key}: {_shown(key, flags[key])} from the command line but "
+                f"{_shown(key, file_values[key])} in {config_path}"
             )
     values = {**file_values, **flags}
     if values.get("disk_path") and "disk_bytes" not in values:
