@@ -68,6 +68,7 @@ class SnapshotBuilder:
                 "bytes_in": 0,
                 "bytes_out": 0,
                 "errors": 0,
+                "dropped": 0,
                 "healthy": True,
                 "note": "prefix cache (tokens)",
                 "load_gbps": 0.0,
