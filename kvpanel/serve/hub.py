@@ -37,9 +37,9 @@ BENCH_FIELDS = {
 }
 
 
-# reliability fix: the bench endpoint accepted any size, and {"num_documents": 10**6,
-# "document_length": 10**6} made this process build 10**12 tokens of prompts (OOM, serving
-# killed). Bounds far above any real benchmark (LMCache's default is 8 x 20,000 tokens).
+# A benchmark request must not be able to take the server down: {"num_documents": 10**6,
+# "document_length": 10**6} would build 10**12 tokens of prompts in this process (OOM). Bounds
+# far above any real benchmark (LMCache's default is 8 x 20,000 tokens).
 BENCH_MAX = {
     "num_documents": 100_000,
     "document_length": 1_000_000,
