@@ -10,16 +10,21 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol, runtime_checkable
 
-BENCH_DEFAULTS: dict[str, Any] = {
-    "num_documents": 20,
-    "document_length": 2000,
-    "output_len": 32,
-    "repeat_count": 2,
-    "repeat_mode": "random",
-    "shuffle_seed": 0,
-    "max_inflight_requests": 8,
-}
-REPEAT_MODES = ("random", "tile", "interleave")
+from kvpanel.bench.long_doc_qa import BenchParams
+from kvpanel.bench.prompts import REPEAT_MODES
+
+# What the panel's benchmark dialog offers, with the one set of defaults (BenchParams: LMCache's).
+BENCH_FIELDS = (
+    "num_documents",
+    "document_length",
+    "output_len",
+    "repeat_count",
+    "repeat_mode",
+    "shuffle_seed",
+    "max_inflight_requests",
+)
+BENCH_DEFAULTS: dict[str, Any] = {k: getattr(BenchParams(), k) for k in BENCH_FIELDS}
+__all__ = ["BENCH_DEFAULTS", "REPEAT_MODES", "BackendError", "HttpBackend", "PanelBackend"]
 API = "/kvpanel/v1"
 
 

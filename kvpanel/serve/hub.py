@@ -196,7 +196,10 @@ class StatusHub:
                 raise HubError(400, f"{k} must be {BENCH_FIELDS[k].__name__}, got {v!r}")
             if k in BENCH_MAX and isinstance(v, int) and abs(v) > BENCH_MAX[k]:
                 raise HubError(400, f"{k}={v} is too large (limit {BENCH_MAX[k]})")
-        docs = body.get("num_documents", 8) * body.get("document_length", 20000)
+        defaults = BenchParams()
+        docs = body.get("num_documents", defaults.num_documents) * body.get(
+            "document_length", defaults.document_length
+        )
         if docs > BENCH_MAX_PROMPT_TOKENS:
             raise HubError(400, f"num_documents x document_length = {docs} tokens is too large")
         params = BenchParams(**body, completions=True)

@@ -67,9 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("--cpu-cache-gb", type=float, help="CPU tier size in GiB (default 4)")
-    p.add_argument("--disk-cache-gb", type=float, help="disk tier size in GiB")
-    p.add_argument("--disk-path", help="disk tier directory")
-    p.add_argument("--remote-url", help="shared tier, redis://host:port[/db]")
+    p.add_argument(
+        "--disk-cache-gb",
+        type=float,
+        help="disk tier size in GiB (default 10 with --disk-path, else no disk tier)",
+    )
+    p.add_argument("--disk-path", help="disk tier directory (default: no disk tier)")
+    p.add_argument(
+        "--remote-url", help="shared tier, redis://host:port[/db] (default: no remote tier)"
+    )
     p.add_argument("--chunk-size", type=int, help="tokens per cached chunk (default 256)")
     p.add_argument(
         "--model-id",
@@ -77,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model's files (needed for a hub model kvpanel cannot find locally); the engine's "
         "config, dtypes and quantization are still added",
     )
-    p.add_argument("--config", help="kvpanel or LMCache YAML (also LMCACHE_CONFIG_FILE)")
+    p.add_argument(
+        "--config", help="kvpanel or LMCache YAML (default: $LMCACHE_CONFIG_FILE, else none)"
+    )
     p.add_argument(
         "--cache-secret",
         help="key disk and Redis chunks with this secret, shared by trusted servers (shown by "
@@ -95,12 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
         "connector (needs the lmcache package), or none",
     )
     p.add_argument("--no-ui", action="store_true", help="headless: JSON status lines on stdout")
-    p.add_argument("--status-interval", type=float, default=2.0, help="seconds between lines")
-    p.add_argument("--control-host", help="serve the control API on its own host:port")
-    p.add_argument("--control-port", type=int)
+    p.add_argument(
+        "--status-interval",
+        type=float,
+        default=2.0,
+        help="seconds between --no-ui status lines (default 2)",
+    )
+    p.add_argument(
+        "--control-host",
+        help="host of the control API's own server (needs --control-port; default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--control-port",
+        type=int,
+        help="serve the control API on its own port (default: on vLLM's --host/--port, "
+        "under /kvpanel/v1)",
+    )
     p.add_argument("--token", help="control-API token (default: KVPANEL_TOKEN or generated)")
     p.add_argument("--state-dir", help="token, logs, sockets (default ~/.local/state/kvpanel)")
-    p.add_argument("--theme", help="panel theme")
+    p.add_argument(
+        "--theme", help="panel theme: kvpanel-dark (default), kvpanel-light, or a user theme"
+    )
     return p
 
 
