@@ -12,7 +12,7 @@ commands:
   status URL --token T       one status snapshot (--json) for scripts
   bench long-doc-qa [flags]  LMCache's long-document QA benchmark
 
-`kvpanel <command> --help` for details.
+`kvpanel <command> --help` for details; `kvpanel --version` for the version.
 """
 
 
@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if args else 2
+    if args[0] in ("-V", "--version"):
+        from kvpanel import __version__
+
+        print(f"kvpanel {__version__}")
+        return 0
     cmd, rest = args[0], args[1:]
     if cmd == "serve":
         from kvpanel.serve.main import serve_main

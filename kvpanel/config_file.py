@@ -23,13 +23,12 @@ Primitive: load_config_file(path) -> ConfigFile(values, warnings).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
 
-from kvpanel.settings import GB, TIERS, ConfigError
+from kvpanel.settings import TIERS, ConfigError, gb_to_bytes
 
 
 class ConfigFile(NamedTuple):
@@ -38,14 +37,7 @@ class ConfigFile(NamedTuple):
 
 
 def _gb(path: str, key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{path}: {key} must be a number of GB, got {value!r}")
-    # reliability fix: YAML .nan / .inf crashed int() with a traceback instead of one line.
-    if not math.isfinite(value):
-        raise ConfigError(f"{path}: {key} must be a finite number of GB, got {value!r}")
-    if value < 0:
-        raise ConfigError(f"{path}: {key} must not be negative, got {value}")
-    return int(value * GB)
+    return gb_to_bytes(value, f"{path}: {key}")
 
 
 def _disk_path(path: str, value: Any) -> str:

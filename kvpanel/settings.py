@@ -14,6 +14,7 @@ Imports neither vllm nor textual: it runs before vLLM starts, so a bad config fa
 
 from __future__ import annotations
 
+import math
 import os
 import stat
 import tempfile
@@ -24,8 +25,11 @@ from typing import Any
 
 from kvpanel.redact import display_url
 
-GB = 1 << 30
+GB = 1 << 30  # kvpanel's and LMCache's "GB" sizes are binary (GiB)
+# kvpanel's own tiers, fastest first; "gpu" is vLLM's KV cache, shown next to them.
 TIERS = ("cpu", "disk", "remote")
+GPU_TIER = "gpu"
+TIER_ORDER = (GPU_TIER, *TIERS)
 # A sanity bound: sizes beyond this are typos (e.g. bytes given where GB were meant).
 MAX_TIER_BYTES = 1 << 50  # 1 PiB
 # The cache secret is read from the engine process's environment, never from CacheSettings:
@@ -38,6 +42,24 @@ MIN_CACHE_SECRET_BYTES = 16
 
 class ConfigError(ValueError):
     """A configuration problem, described in one line for the user."""
+
+
+def gb_to_bytes(value: Any, what: str) -> int:
+    """A size in GB (GiB, as LMCache counts) from a flag or a config file, in bytes.
+    Anything but a finite, non-negative number is a ConfigError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{what} must be a number of GB, got {value!r}")
+    # int() of NaN or infinity raises with a traceback; say what was wrong in one line.
+    if not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number of GB, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{what} must not be negative, got {value}")
+    return int(value * GB)
+
+
+def fmt_gib(n_bytes: int) -> str:
+    """A byte count as a user wrote it: ``4 GiB``, ``2.5 GiB``, ``0.001 GiB``."""
+    return f"{n_bytes / GB:.6g} GiB"
 
 
 def default_state_dir() -> Path:

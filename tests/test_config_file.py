@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from kvpanel.config_file import load_config_file
@@ -65,3 +67,15 @@ def test_bad_files(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config file"):
         load_config_file(tmp_path / "nope.yaml")
+
+
+def test_a_conflict_between_flag_and_file_is_told_in_gib(tmp_path: Path) -> None:
+    from kvpanel.serve.options import ServeError, parse_serve_args
+
+    cfg = tmp_path / "lmcache.yaml"
+    cfg.write_text("max_local_cpu_size: 80\n")
+    with pytest.raises(ServeError) as e:
+        parse_serve_args(["--config", str(cfg), "--cpu-cache-gb", "2.5"], env={})
+    assert (
+        str(e.value) == f"conflicting cpu_bytes: 2.5 GiB from the command line but 80 GiB in {cfg}"
+    )

@@ -28,6 +28,21 @@ from kvpanel.bench.report import (
 from kvpanel.bench.result import BenchResult
 
 SUBCOMMAND = "long-doc-qa"
+_DEFAULTS = BenchParams()  # the one set of workload defaults (LMCache's)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to a flag's help where a default exists (not None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" in text or any(
+            action.default is v for v in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
 EXIT_OK, EXIT_GAIN_MISSED, EXIT_BAD_ARGS, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -36,23 +51,71 @@ def build_parser() -> argparse.ArgumentParser:
         prog=f"kvpanel bench {SUBCOMMAND}",
         description="Long-document QA benchmark (LMCache's long_doc_qa): warm-up round, then "
         "query round; reports TTFT and round times.",
+        formatter_class=DefaultsHelpFormatter,
     )
     w = p.add_argument_group("workload (LMCache's flags)")
-    w.add_argument("--num-documents", type=int, default=8)
-    w.add_argument("--document-length", type=int, default=20000, help="tokens per document")
-    w.add_argument("--output-len", type=int, default=100, help="tokens generated per request")
-    w.add_argument("--repeat-count", type=int, default=2)
-    w.add_argument("--repeat-mode", choices=REPEAT_MODES, default="random")
-    w.add_argument("--shuffle-seed", type=int, default=0)
-    w.add_argument("--max-inflight-requests", type=int, default=2)
-    w.add_argument("--sleep-time-after-warmup", type=float, default=0.0)
+    d = _DEFAULTS
+    w.add_argument(
+        "--num-documents", type=int, default=d.num_documents, help="documents in the workload"
+    )
+    w.add_argument(
+        "--document-length", type=int, default=d.document_length, help="tokens per document"
+    )
+    w.add_argument(
+        "--output-len", type=int, default=d.output_len, help="tokens generated per request"
+    )
+    w.add_argument(
+        "--repeat-count",
+        type=int,
+        default=d.repeat_count,
+        help="times each document is asked about in the query round",
+    )
+    w.add_argument(
+        "--repeat-mode",
+        choices=REPEAT_MODES,
+        default=d.repeat_mode,
+        help="order of the query round's requests",
+    )
+    w.add_argument(
+        "--shuffle-seed", type=int, default=d.shuffle_seed, help="seed of the random order"
+    )
+    w.add_argument(
+        "--max-inflight-requests",
+        type=int,
+        default=d.max_inflight_requests,
+        help="requests in flight at once",
+    )
+    w.add_argument(
+        "--sleep-time-after-warmup",
+        type=float,
+        default=d.sleep_time_after_warmup,
+        metavar="S",
+        help="seconds between the warm-up and the query round",
+    )
     w.add_argument("--model", default=None, help="model name (default: ask /v1/models)")
     w.add_argument("--port", type=int, default=8000, help="server on http://localhost:PORT")
     w.add_argument("--base-url", default=None, help="server URL (overrides --port)")
     w.add_argument("--completions", action="store_true", help="use /v1/completions, not chat")
-    w.add_argument("--hit-miss-ratio", default=None, metavar="H:M")
-    w.add_argument("--expected-ttft-gain", type=float, default=None, metavar="X")
-    w.add_argument("--expected-latency-gain", type=float, default=None, metavar="X")
+    w.add_argument(
+        "--hit-miss-ratio",
+        default=None,
+        metavar="H:M",
+        help="force H of every H+M query requests to hit and M to miss (default: all may hit)",
+    )
+    w.add_argument(
+        "--expected-ttft-gain",
+        type=float,
+        default=None,
+        metavar="X",
+        help="exit 1 unless the query round's mean TTFT is X times faster than warm-up's",
+    )
+    w.add_argument(
+        "--expected-latency-gain",
+        type=float,
+        default=None,
+        metavar="X",
+        help="exit 1 unless the query round is X times faster than warm-up's, end to end",
+    )
     w.add_argument(
         "--token-ids",
         action=argparse.BooleanOptionalAction,
@@ -68,17 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the query round N times, round k shuffled with seed+k-1 (not in LMCache's "
         "benchmark: more samples per server start; --compare adds the means)",
     )
-    w.add_argument("--request-timeout", type=float, default=3600.0, metavar="S")
+    w.add_argument(
+        "--request-timeout", type=float, default=3600.0, metavar="S", help="seconds per request"
+    )
     w.add_argument("--api-key", default=None, help="bearer token for the server")
 
     o = p.add_argument_group("output")
     o.add_argument("--output", default=None, metavar="FILE.json", help="write results JSON")
     o.add_argument("--csv", default=None, help="per-request CSV (default: FILE.csv)")
     o.add_argument("--plot", default=None, help="TTFT plot PNG (default: FILE.png)")
-    o.add_argument("--no-plot", action="store_true")
+    o.add_argument("--no-plot", action="store_true", help="write no plot")
     o.add_argument("--visualize", action="store_true", help="write the plot even without --output")
     o.add_argument("--responses-file", default=None, help="write every generated text here")
-    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--no-progress", action="store_true", help="print no progress bar")
 
     c = p.add_argument_group("comparison (start a server per offload mode)")
     c.add_argument(
@@ -89,10 +154,26 @@ def build_parser() -> argparse.ArgumentParser:
         "package), kvpanel; e.g. vanilla,native,lmcache,kvpanel",
     )
     c.add_argument("--engine-args", default="", help="extra vLLM args for every engine (quoted)")
-    c.add_argument("--cpu-cache-gb", type=float, default=None)
+    c.add_argument(
+        "--cpu-cache-gb",
+        type=float,
+        default=None,
+        help="CPU tier size in GiB for native, lmcache and kvpanel (default: each one's own)",
+    )
     c.add_argument("--kv-cache-memory", default=None, help="cap GPU KV (--kv-cache-memory-bytes)")
-    c.add_argument("--num-gpu-blocks-override", type=int, default=None)
-    c.add_argument("--ready-timeout", type=float, default=600.0, metavar="S")
+    c.add_argument(
+        "--num-gpu-blocks-override",
+        type=int,
+        default=None,
+        help="vLLM's --num-gpu-blocks-override for every engine",
+    )
+    c.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="seconds to wait for each server to be ready",
+    )
     c.add_argument("--serve-command", default=None, help="default: kvpanel serve")
     return p
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kvpanel.metrics.percentile import percentile as _percentile
+
 WARMUP = "warmup"
 QUERY = "query"
 
@@ -45,14 +47,9 @@ class RequestRecord:
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) with linear interpolation; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    """kvpanel's percentile (kvpanel.metrics.percentile), NaN for no values as in the CSV."""
+    value = _percentile(values, q)
+    return math.nan if value is None else value
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -43,11 +43,11 @@ from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.promoter import Promotion, PromotionPool
 from kvpanel.cache.secret import CacheSecret
 from kvpanel.cache.stats import TierStats, TransferTotals
+from kvpanel.settings import TIERS
 
 if TYPE_CHECKING:  # imported when used: redis-py is only needed with a remote_url
     from kvpanel.cache.remote_tier import RemoteTier
 
-TIERS = ("cpu", "disk", "remote")
 log = logging.getLogger("kvpanel")
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from kvpanel.settings import GPU_TIER
+
 
 def _delta(now: dict[str, Any], before: dict[str, Any], key: str) -> float | None:
     """now[key] - before[key]; None when missing or when the counter went back (a restart)."""
@@ -62,7 +64,7 @@ def with_interval(prev: dict[str, Any] | None, snap: dict[str, Any]) -> dict[str
         else:
             tier["load_gbps"] = _gbps(_delta(tier, before, "bytes_out"), seconds)
             tier["store_gbps"] = _gbps(_delta(tier, before, "bytes_in"), seconds)
-    gpu_now, gpu_before = (out.get("tiers") or {}).get("gpu"), before_tiers.get("gpu")
+    gpu_now, gpu_before = (out.get("tiers") or {}).get(GPU_TIER), before_tiers.get(GPU_TIER)
     if "gpu_kv" in out and gpu_now is not None and gpu_before is not None:
         out["gpu_kv"]["prefix_hit_rate"] = _hit_rate(gpu_now, gpu_before)
     tp, tp_before = out.get("throughput"), prev.get("throughput") or {}

@@ -5,7 +5,7 @@ since a tier's last clear); the interval figures (hit rate now, tokens/s, GB/s) 
 differencing two snapshots (kvpanel.metrics.interval), so each consumer has its own interval.
 
 Primitives: SnapshotBuilder(static).build(totals, tiers, transfers, gpu_kv_bytes) -> dict;
-SnapshotBuilder.mark_cleared(tier, tier_stats); percentile(values, q).
+SnapshotBuilder.mark_cleared(tier, tier_stats).
 """
 
 from __future__ import annotations
@@ -15,16 +15,10 @@ from typing import Any
 
 from kvpanel.metrics.engine_samples import EngineTotals
 from kvpanel.metrics.host import gpus, host_memory
+from kvpanel.metrics.percentile import percentile
+from kvpanel.settings import GPU_TIER
 
 SCHEMA_VERSION = 1
-
-
-def percentile(values: tuple[float, ...] | list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    idx = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
-    return s[idx]
 
 
 def _ratio(hits: int, misses: int) -> float | None:
@@ -63,7 +57,7 @@ class SnapshotBuilder:
         bench: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         out_tiers: dict[str, dict[str, Any]] = {
-            "gpu": {
+            GPU_TIER: {
                 "capacity_bytes": gpu_kv_bytes,
                 "used_bytes": int(gpu_kv_bytes * totals.kv_usage),
                 "chunks": 0,
@@ -74,6 +68,7 @@ class SnapshotBuilder:
                 "bytes_in": 0,
                 "bytes_out": 0,
                 "errors": 0,
+                "dropped": 0,
                 "healthy": True,
                 "note": "prefix cache (tokens)",
                 "load_gbps": 0.0,

@@ -41,8 +41,41 @@ def run_panel(
     return int(app.return_code or 0)
 
 
+def control_url(text: str) -> str:
+    """The URL argument made whole: `host:port` means http://host:port (what `kvpanel serve`
+    listens on); ValueError for anything but an http(s) URL with a host."""
+    url = text.strip()
+    if "://" not in url:
+        url = f"http://{url}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError as e:
+        raise ValueError(f"not a URL: {text!r} ({e})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"not an http(s) URL: {text!r} (e.g. http://127.0.0.1:8000 or 127.0.0.1:8000)"
+        )
+    return url
+
+
+def _write_stdout(text: str) -> int:
+    """Print text; a reader that went away (`| head -1`) is not an error worth a traceback."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null, or the interpreter's final flush raises the same error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", help="control API base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument(
+        "url",
+        help="control API base URL, e.g. http://127.0.0.1:8000 (host:port means http://)",
+    )
     parser.add_argument(
         "--token",
         default=os.environ.get("KVPANEL_TOKEN"),
@@ -55,12 +88,14 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="the server's --state-dir, whose token file is read for a server on this machine "
         "(default ~/.local/state/kvpanel)",
     )
-    parser.add_argument("--timeout", type=float, default=5.0, help="HTTP timeout in seconds")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="HTTP timeout in seconds (default 5)"
+    )
 
 
 def _is_local(url: str) -> bool:
     try:
-        host = urlsplit(url if "://" in url else f"http://{url}").hostname or ""
+        host = urlsplit(url).hostname or ""
     except ValueError:
         return False
     if host == "localhost":
@@ -74,6 +109,11 @@ def _is_local(url: str) -> bool:
 def resolve_token(args: argparse.Namespace, prog: str) -> str | None:
     """--token / $KVPANEL_TOKEN, else the local server's token file. Only for a loopback URL:
     this machine's token must not be sent to another host. Raises SystemExit(2) on trouble."""
+    try:
+        args.url = control_url(args.url)
+    except ValueError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     if args.token:
         return str(args.token)
     from kvpanel.serve.auth import TOKEN_FILE, read_token_file
@@ -104,8 +144,14 @@ def attach_main(argv: list[str] | None = None) -> int:
         prog="kvpanel attach", description="Open the control panel of a running kvpanel serve."
     )
     _add_common(parser)
-    parser.add_argument("--theme", default=None, help="kvpanel-dark (default), kvpanel-light, ...")
-    parser.add_argument("--refresh-hz", type=float, default=2.0, help="updates per second (2-4)")
+    parser.add_argument(
+        "--theme",
+        default=None,
+        help="panel theme: kvpanel-dark (default), kvpanel-light, or a theme file's name",
+    )
+    parser.add_argument(
+        "--refresh-hz", type=float, default=2.0, help="updates per second (default 2)"
+    )
     args = parser.parse_args(argv)
     try:
         token = resolve_token(args, "kvpanel attach")
@@ -128,7 +174,11 @@ def status_main(argv: list[str] | None = None) -> int:
         prog="kvpanel status", description="Print one status snapshot of a running kvpanel serve."
     )
     _add_common(parser)
-    parser.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the whole snapshot as JSON (default: a few lines for humans)",
+    )
     args = parser.parse_args(argv)
     try:
         token = resolve_token(args, "kvpanel status")
@@ -142,11 +192,7 @@ def status_main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         backend.close()
-    if args.json:
-        print(json.dumps(snap, indent=2, sort_keys=True))
-    else:
-        print(summary(snap))
-    return 0
+    return _write_stdout(json.dumps(snap, indent=2, sort_keys=True) if args.json else summary(snap))
 
 
 def summary(snap: dict[str, Any]) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from kvpanel.settings import TIER_ORDER
+
 # "4G" / "512M" are what people type for memory, so bare letters are binary (like `free -g`
 # and docker's --memory); "GB" is decimal and "GiB" binary, as written.
 _UNITS = {
@@ -23,8 +25,6 @@ _UNITS = {
     "gib": 1 << 30,
     "tib": 1 << 40,
 }
-
-TIER_ORDER = ("gpu", "cpu", "disk", "remote")
 
 
 def ordered_tiers(tiers: dict[str, Any]) -> list[str]:

@@ -16,6 +16,7 @@ from textual.widgets import Button, Input, Label, Select, Static
 
 from kvpanel.panel.backend import BENCH_DEFAULTS, REPEAT_MODES
 from kvpanel.panel.fmt import fmt_bytes, fmt_count, parse_size, resize_preview
+from kvpanel.settings import GPU_TIER
 
 MAX_CAPACITY = 1 << 50  # 1 PiB: anything above is a typo, not a cache size
 MODAL_CSS = """
@@ -36,7 +37,7 @@ def tier_options(tiers: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         (f"{name}  ({fmt_bytes(t.get('capacity_bytes', 0))})", name)
         for name, t in tiers.items()
-        if name != "gpu"  # vLLM's own KV cache: sized at startup, not through kvpanel
+        if name != GPU_TIER  # vLLM's own KV cache: sized at startup, not through kvpanel
     ]
 
 
@@ -60,7 +61,7 @@ class ResizeScreen(DialogScreen):
 
     def __init__(self, tiers: dict[str, Any], host_ram: int | None = None, tier: str = "cpu"):
         super().__init__()
-        self.tiers = {k: v for k, v in tiers.items() if k != "gpu"}
+        self.tiers = {k: v for k, v in tiers.items() if k != GPU_TIER}
         self.host_ram = host_ram or None
         self.initial = tier if tier in self.tiers else next(iter(self.tiers), None)
 
@@ -137,7 +138,7 @@ class ClearScreen(DialogScreen):
 
     def __init__(self, tiers: dict[str, Any], tier: str = "cpu") -> None:
         super().__init__()
-        self.tiers = {k: v for k, v in tiers.items() if k != "gpu"}
+        self.tiers = {k: v for k, v in tiers.items() if k != GPU_TIER}
         self.initial = tier if tier in self.tiers else next(iter(self.tiers), None)
 
     def compose(self) -> ComposeResult:

@@ -43,8 +43,8 @@ async def _json_body(request: Request) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HubError(400, f"malformed JSON: {e}") from None
     except RecursionError:
-        # reliability fix: a small body of deeply nested brackets made json.loads raise
-        # RecursionError, which surfaced as a 500.
+        # A client's malformed body is a 400, never a 500: a small body of deeply nested
+        # brackets makes json.loads raise RecursionError.
         raise HubError(400, "malformed JSON: nested too deeply") from None
 
 

@@ -37,9 +37,9 @@ BENCH_FIELDS = {
 }
 
 
-# reliability fix: the bench endpoint accepted any size, and {"num_documents": 10**6,
-# "document_length": 10**6} made this process build 10**12 tokens of prompts (OOM, serving
-# killed). Bounds far above any real benchmark (LMCache's default is 8 x 20,000 tokens).
+# A benchmark request must not be able to take the server down: {"num_documents": 10**6,
+# "document_length": 10**6} would build 10**12 tokens of prompts in this process (OOM). Bounds
+# far above any real benchmark (LMCache's default is 8 x 20,000 tokens).
 BENCH_MAX = {
     "num_documents": 100_000,
     "document_length": 1_000_000,
@@ -196,7 +196,10 @@ class StatusHub:
                 raise HubError(400, f"{k} must be {BENCH_FIELDS[k].__name__}, got {v!r}")
             if k in BENCH_MAX and isinstance(v, int) and abs(v) > BENCH_MAX[k]:
                 raise HubError(400, f"{k}={v} is too large (limit {BENCH_MAX[k]})")
-        docs = body.get("num_documents", 8) * body.get("document_length", 20000)
+        defaults = BenchParams()
+        docs = body.get("num_documents", defaults.num_documents) * body.get(
+            "document_length", defaults.document_length
+        )
         if docs > BENCH_MAX_PROMPT_TOKENS:
             raise HubError(400, f"num_documents x document_length = {docs} tokens is too large")
         params = BenchParams(**body, completions=True)

@@ -279,9 +279,9 @@ def _serve(
             break
     if server.error is not None:
         log.error("engine failed to start: %s", server.error)
-        # reliability fix: vLLM reports an engine-core failure as "see root cause above",
-        # hundreds of log lines after kvpanel's one-line reason (e.g. a disk cache dir locked
-        # by another server). Repeat that reason as the last line on the user's stderr.
+        # The user's last stderr line is the reason: vLLM reports an engine-core failure as
+        # "see root cause above", hundreds of log lines after kvpanel's one-line reason (e.g. a
+        # disk cache dir locked by another server).
         reason = _root_cause(tee) or str(server.error)
         _write_line(tee.stdout_fd, {"event": "failed", "error": reason})
         with contextlib.suppress(OSError):

@@ -14,7 +14,6 @@ Primitives: parse_serve_args(argv) -> ServeOptions; ServeError (exit code 2).
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from kvpanel.settings import (
     ConfigError,
     cache_secret_from_env,
     default_state_dir,
+    fmt_gib,
+    gb_to_bytes,
 )
 
 OFFLOAD_MODES = ("kvpanel", "native", "lmcache", "none")
@@ -66,9 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("--cpu-cache-gb", type=float, help="CPU tier size in GiB (default 4)")
-    p.add_argument("--disk-cache-gb", type=float, help="disk tier size in GiB")
-    p.add_argument("--disk-path", help="disk tier directory")
-    p.add_argument("--remote-url", help="shared tier, redis://host:port[/db]")
+    p.add_argument(
+        "--disk-cache-gb",
+        type=float,
+        help="disk tier size in GiB (default 10 with --disk-path, else no disk tier)",
+    )
+    p.add_argument("--disk-path", help="disk tier directory (default: no disk tier)")
+    p.add_argument(
+        "--remote-url", help="shared tier, redis://host:port[/db] (default: no remote tier)"
+    )
     p.add_argument("--chunk-size", type=int, help="tokens per cached chunk (default 256)")
     p.add_argument(
         "--model-id",
@@ -76,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model's files (needed for a hub model kvpanel cannot find locally); the engine's "
         "config, dtypes and quantization are still added",
     )
-    p.add_argument("--config", help="kvpanel or LMCache YAML (also LMCACHE_CONFIG_FILE)")
+    p.add_argument(
+        "--config", help="kvpanel or LMCache YAML (default: $LMCACHE_CONFIG_FILE, else none)"
+    )
     p.add_argument(
         "--cache-secret",
         help="key disk and Redis chunks with this secret, shared by trusted servers (shown by "
@@ -94,24 +103,44 @@ def build_parser() -> argparse.ArgumentParser:
         "connector (needs the lmcache package), or none",
     )
     p.add_argument("--no-ui", action="store_true", help="headless: JSON status lines on stdout")
-    p.add_argument("--status-interval", type=float, default=2.0, help="seconds between lines")
-    p.add_argument("--control-host", help="serve the control API on its own host:port")
-    p.add_argument("--control-port", type=int)
+    p.add_argument(
+        "--status-interval",
+        type=float,
+        default=2.0,
+        help="seconds between --no-ui status lines (default 2)",
+    )
+    p.add_argument(
+        "--control-host",
+        help="host of the control API's own server (needs --control-port; default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--control-port",
+        type=int,
+        help="serve the control API on its own port (default: on vLLM's --host/--port, "
+        "under /kvpanel/v1)",
+    )
     p.add_argument("--token", help="control-API token (default: KVPANEL_TOKEN or generated)")
     p.add_argument("--state-dir", help="token, logs, sockets (default ~/.local/state/kvpanel)")
-    p.add_argument("--theme", help="panel theme")
+    p.add_argument(
+        "--theme", help="panel theme: kvpanel-dark (default), kvpanel-light, or a user theme"
+    )
     return p
 
 
 def _gb(name: str, v: float | None) -> int | None:
     if v is None:
         return None
-    # reliability fix: "nan"/"inf" parse as floats and crashed int() with a traceback.
-    if not math.isfinite(v):
-        raise ServeError(f"--{name} must be a finite number, got {v}")
-    if v < 0:
-        raise ServeError(f"--{name} must not be negative, got {v}")
-    return int(v * GB)
+    try:
+        return gb_to_bytes(v, f"--{name}")
+    except ConfigError as e:
+        raise ServeError(str(e)) from None
+
+
+def _shown(key: str, value: Any) -> str:
+    """A setting as the user wrote it: sizes in GiB (flags and files give GB), else repr."""
+    if key.endswith("_bytes") and isinstance(value, int):
+        return fmt_gib(value)
+    return repr(value)
 
 
 def _has_kv_transfer_config(args: list[str]) -> bool:
@@ -178,8 +207,8 @@ def parse_serve_args(argv: list[str], env: dict[str, str] | None = None) -> Serv
             a, b = str(Path(a).expanduser().resolve()), str(Path(b).expanduser().resolve())
         if a != b:
             raise ServeError(
-                f"conflicting {key}: {flags[key]!r} from the command line but "
-                f"{file_values[key]!r} in {config_path}"
+                f"conflicting {key}: {_shown(key, flags[key])} from the command line but "
+                f"{_shown(key, file_values[key])} in {config_path}"
             )
     values = {**file_values, **flags}
     if values.get("disk_path") and "disk_bytes" not in values:

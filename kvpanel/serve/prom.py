@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
 
 from kvpanel.serve.hub import StatusHub
+from kvpanel.settings import GPU_TIER
 
 _TIER_GAUGES = {
     "capacity_bytes": "Tier capacity in bytes",
@@ -20,13 +21,21 @@ _TIER_GAUGES = {
     "chunks": "Chunks held by the tier",
     "healthy": "1 when the tier is healthy",
 }
+# hits/misses of kvpanel's tiers count chunks; the gpu tier (vLLM's prefix cache) counts
+# tokens, so it has series of its own rather than a unit that changes with the label.
 _TIER_COUNTERS = {
-    "hits": "Chunk hits",
-    "misses": "Chunk misses",
+    "hits": "Chunks found in a kvpanel tier (cpu, disk, remote), each once per request",
+    "misses": "Chunks looked up in a kvpanel tier and not found, each once per request",
     "evictions": "Chunks evicted",
     "errors": "Errors (corrupt chunks, I/O failures)",
+    "dropped": "Writes refused because the tier's write queue was full",
     "bytes_in": "Bytes written into the tier",
     "bytes_out": "Bytes read from the tier",
+}
+_TOKEN_COUNTED = ("hits", "misses")
+_GPU_TOKEN_COUNTERS = {
+    "hits_tokens": "Prompt tokens found in vLLM's GPU prefix cache",
+    "misses_tokens": "Prompt tokens looked up in vLLM's GPU prefix cache and not found",
 }
 
 
@@ -45,16 +54,22 @@ class KvpanelCollector(Collector):
         for field, doc in _TIER_COUNTERS.items():
             c = CounterMetricFamily(f"kvpanel_tier_{field}", doc, labels=["tier"])
             for name, t in tiers.items():
-                c.add_metric([name], float(t.get(field, 0)))
+                if name != GPU_TIER or field not in _TOKEN_COUNTED:
+                    c.add_metric([name], float(t.get(field, 0)))
             yield c
-        ttft = GaugeMetricFamily(
-            "kvpanel_ttft_seconds", "TTFT quantiles over the recent window", labels=["quantile"]
+        gpu = tiers.get(GPU_TIER)
+        if gpu is not None:
+            for field, doc in _GPU_TOKEN_COUNTERS.items():
+                c = CounterMetricFamily(f"kvpanel_gpu_prefix_cache_{field}", doc)
+                c.add_metric([], float(gpu.get(field.removesuffix("_tokens"), 0)))
+                yield c
+        buckets, count, total = self.hub.samples.ttft_histogram()
+        yield HistogramMetricFamily(
+            "kvpanel_ttft_seconds",
+            "Time to first token of each request since the server started",
+            buckets=[*((str(float(le)), float(n)) for le, n in buckets), ("+Inf", float(count))],
+            sum_value=total,
         )
-        for q in ("p50", "p90", "p99"):
-            v = snap.get("ttft_s", {}).get(q)
-            if v is not None:
-                ttft.add_metric([q], float(v))
-        yield ttft
 
 
 def register(hub: StatusHub) -> KvpanelCollector:

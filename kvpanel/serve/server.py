@@ -219,14 +219,14 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _warn_if_exposed(host: str, port: int) -> None:
-    """reliability fix: binding the control API beyond loopback was silent; say so loudly."""
+    """A control API reachable beyond loopback is never silent: say so on stderr."""
     try:
         loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
-        # Printed, not logged: once vLLM is up, records of the "kvpanel" logger no longer
-        # reached stderr in --no-ui runs (seen in the reliability tests).
+        # Printed, not logged: once vLLM is up, records of the "kvpanel" logger do not reach
+        # stderr in --no-ui runs.
         print(
             f"kvpanel serve: warning: the control API (/kvpanel/v1) is reachable beyond "
             f"loopback on {host}:{port}; every request needs the token",

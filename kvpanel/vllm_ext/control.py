@@ -126,11 +126,12 @@ def start_control_server(path: str, store: TieredStore) -> None:
 
 
 def _exit_with_parent(parent: int, store: TieredStore, path: str, poll_s: float = 0.5) -> None:
-    """reliability fix: end this engine process when `kvpanel serve` (its parent) is gone.
+    """End this engine process when `kvpanel serve` (its parent) is gone.
 
-    After a ``kill -9`` of the server, vLLM's engine core lived on as an orphan, holding GBs of
-    memory and the disk tier's lock, so a restarted server failed with "dir in use". Queued disk
-    writes get a few seconds to land; the kernel then drops the lock with the process.
+    An engine core never outlives its server: after a ``kill -9`` of the server an orphan would
+    hold GBs of memory and the disk tier's lock, so a restarted server would fail with "dir in
+    use". Queued disk writes get a few seconds to land; the kernel then drops the lock with the
+    process.
     """
     while os.getppid() == parent:
         time.sleep(poll_s)

@@ -189,3 +189,42 @@ async def test_panel_over_http(server: str) -> None:
         await pilot.pause()
         assert app.snapshot["model"]["name"] == "Qwen/Qwen3-8B"
         assert app.log_next == 3
+
+
+def test_status_cli_url_without_scheme_means_http(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = server.removeprefix("http://")
+    assert status_main([bare, "--token", TOKEN, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["name"] == "Qwen/Qwen3-8B"
+
+
+@pytest.mark.parametrize("url", ["ftp://127.0.0.1:8000", "http://", "127.0.0.1:port"])
+def test_status_cli_refuses_a_non_http_url_in_one_line(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert status_main([url, "--token", TOKEN]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kvpanel status: not ") and err.count("\n") == 1, err
+
+
+def test_status_json_into_a_closed_pipe_prints_no_traceback(server: str) -> None:
+    """`kvpanel status URL --json | head -1`: the reader leaves before the snapshot is written."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kvpanel.cli", "status", server, "--token", TOKEN, "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.stderr == "" and proc.returncode == 0
