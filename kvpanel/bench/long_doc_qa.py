@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import httpx
 
@@ -59,6 +60,17 @@ class BenchError(RuntimeError):
 
 class BenchCancelled(RuntimeError):
     """``stop_event`` was set while the benchmark ran."""
+
+
+# The panel's dialog and the control API start from BenchParams with these: a run of about a
+# minute that fits the demo engine (max_model_len 4096) and overflows its GPU KV, so the tiers
+# show. The CLI keeps LMCache's defaults, so its figures compare with LMCache's own benchmark.
+INTERACTIVE_DEFAULTS: dict[str, Any] = {
+    "num_documents": 20,
+    "document_length": 2000,
+    "output_len": 32,
+    "max_inflight_requests": 8,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol, runtime_checkable
 
-from kvpanel.bench.long_doc_qa import BenchParams
+from kvpanel.bench.long_doc_qa import INTERACTIVE_DEFAULTS, BenchParams
 from kvpanel.bench.prompts import REPEAT_MODES
 
-# What the panel's benchmark dialog offers, with the one set of defaults (BenchParams: LMCache's).
+# What the panel's benchmark dialog offers: BenchParams with the interactive defaults.
 BENCH_FIELDS = (
     "num_documents",
     "document_length",
@@ -23,7 +23,8 @@ BENCH_FIELDS = (
     "shuffle_seed",
     "max_inflight_requests",
 )
-BENCH_DEFAULTS: dict[str, Any] = {k: getattr(BenchParams(), k) for k in BENCH_FIELDS}
+_PARAMS = BenchParams(**INTERACTIVE_DEFAULTS)
+BENCH_DEFAULTS: dict[str, Any] = {k: getattr(_PARAMS, k) for k in BENCH_FIELDS}
 __all__ = ["BENCH_DEFAULTS", "REPEAT_MODES", "BackendError", "HttpBackend", "PanelBackend"]
 API = "/kvpanel/v1"
 

@@ -184,7 +184,7 @@ class StatusHub:
             return dict(self._bench) if self._bench else None
 
     def start_bench(self, body: Any) -> dict[str, Any]:
-        from kvpanel.bench.long_doc_qa import BenchParams
+        from kvpanel.bench.long_doc_qa import INTERACTIVE_DEFAULTS, BenchParams
 
         if not isinstance(body, dict):
             raise HubError(400, "body must be a JSON object")
@@ -196,13 +196,10 @@ class StatusHub:
                 raise HubError(400, f"{k} must be {BENCH_FIELDS[k].__name__}, got {v!r}")
             if k in BENCH_MAX and isinstance(v, int) and abs(v) > BENCH_MAX[k]:
                 raise HubError(400, f"{k}={v} is too large (limit {BENCH_MAX[k]})")
-        defaults = BenchParams()
-        docs = body.get("num_documents", defaults.num_documents) * body.get(
-            "document_length", defaults.document_length
-        )
+        params = BenchParams(**{**INTERACTIVE_DEFAULTS, **body}, completions=True)
+        docs = params.num_documents * params.document_length
         if docs > BENCH_MAX_PROMPT_TOKENS:
             raise HubError(400, f"num_documents x document_length = {docs} tokens is too large")
-        params = BenchParams(**body, completions=True)
         try:
             params.validate()
         except ValueError as e:
