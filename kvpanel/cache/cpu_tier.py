@@ -190,13 +190,10 @@ class CpuTier:
             self._counters.add(evictions=len(evicted))
         return Reservation(new, slots, evicted)
 
-    def commit(
-        self, keys: Iterable[ChunkKey], success: bool = True, *, keep_pinned: bool = False
-    ) -> dict[ChunkKey, int]:
+    def commit(self, keys: Iterable[ChunkKey], success: bool = True) -> dict[ChunkKey, int]:
         """Finish reserved writes: READY (success) or dropped (failure).
 
-        Returns ``{key: slot}`` of the entries that became READY. With ``keep_pinned`` they
-        stay pinned (e.g. until a disk write-through finished); ``release`` them afterwards.
+        Returns ``{key: slot}`` of the entries that became READY (and unpinned).
         """
         ready: dict[ChunkKey, int] = {}
         with self._lock:
@@ -206,8 +203,7 @@ class CpuTier:
                     continue
                 if success and not entry.doomed:
                     entry.state = ChunkState.READY
-                    if not keep_pinned:
-                        entry.pins -= 1
+                    entry.pins -= 1
                     self._lru.add(key)
                     ready[key] = entry.slot
                 else:
@@ -251,8 +247,18 @@ class CpuTier:
         self._counters.add(bytes_out=len(slots) * self._slot_bytes)
         return slots
 
+    def pin_ready(self, key: ChunkKey) -> int | None:
+        """Pin a READY entry for a write-behind read: its slot, or None if it is gone. Unlike
+        ``acquire`` this is not a use: the LRU order and the load counters stay as they are."""
+        with self._lock:
+            entry = self._visible_ready(key)
+            if entry is None:
+                return None
+            entry.pins += 1
+            return entry.slot
+
     def release(self, keys: Iterable[ChunkKey]) -> None:
-        """Unpin (after a load, or after a write-through committed with ``keep_pinned``)."""
+        """Unpin (after a load, or after a write-behind read of ``pin_ready``)."""
         with self._lock:
             for key in keys:
                 entry = self._entries.get(key)

@@ -3,7 +3,13 @@
 Primitives:
 - ``DiskTierError``: the directory cannot be used (not a dir, not writable, locked).
 - ``DiskTier``: index + LRU of this fingerprint's chunk files, capacity enforcement,
-  a single background writer thread fed by a bounded queue, validated reads.
+  synchronous thread-safe writes (several writers at once: ``write_behind.WriteBehind`` drives
+  them), validated reads.
+
+Durability (no fsync by default): a file is written to a temp name and renamed, so readers see
+nothing or a whole file; after a power loss a file whose data never reached the disk fails its
+size or checksum check and is deleted on the next start, never served. ``fsync=True`` trades
+write speed for keeping such files.
 
 Nothing here raises into the serving path after construction: a full filesystem (ENOSPC,
 EDQUOT) turns into a "full" tier that stops admitting for a while, other write failures into
@@ -20,10 +26,9 @@ import contextlib
 import errno
 import logging
 import os
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -39,11 +44,9 @@ from kvpanel.cache.stats import TierCounters, TierStats
 
 log = logging.getLogger("kvpanel")
 
-OnDone = Callable[[bool], None]
 # Only these mean the filesystem is out of room; any other write error is about one chunk path.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _MAX_FAILED_WRITES = 3
-_Job = tuple[ChunkKey, Payload, OnDone | None]
 
 
 class DiskTierError(Exception):
@@ -51,13 +54,15 @@ class DiskTierError(Exception):
 
 
 class DiskTier:
+    name = "disk"
+    batch_bytes = 0  # one file per write call
+
     def __init__(
         self,
         root: str | Path,
         fp: Fingerprint,
         capacity_bytes: int,
         *,
-        max_queue: int = 256,
         fsync: bool = False,
         full_retry_s: float = 30.0,
         secret: CacheSecret | None = None,
@@ -97,7 +102,6 @@ class DiskTier:
         self._lru: LruIndex[ChunkKey] = LruIndex()
         self._used = 0
         self._reserved = 0  # bytes being written right now
-        self._queued: set[ChunkKey] = set()
         self._full_since: float | None = None
         self._stop_note = "full"  # why writes are refused while _full_since is set
         self._failed_writes = 0  # in a row, ENOSPC/EDQUOT aside
@@ -105,11 +109,6 @@ class DiskTier:
         self._closed = False
         self._rebuild_index()
         self._enforce_capacity(0)
-        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
-        self._writer = threading.Thread(
-            target=self._writer_loop, name="kvpanel-disk-writer", daemon=True
-        )
-        self._writer.start()
 
     # ----- queries ----------------------------------------------------------------------------
 
@@ -197,71 +196,34 @@ class DiskTier:
 
     # ----- writes -----------------------------------------------------------------------------
 
-    def put_async(self, key: ChunkKey, data: Payload, on_done: OnDone | None = None) -> bool:
-        """Queue a write; False if refused (full, disabled, queue full, closed).
-
-        ``data`` is read later by the writer thread, so it must stay unchanged until
-        ``on_done(ok)`` runs (on the writer thread, or inline if the chunk is already stored).
-        ``on_done`` is not called when this returns False.
-        """
+    def accepts(self) -> bool:
+        """Writes are wanted now (open, sized, not full or failing)."""
         with self._lock:
-            if self._closed or self._capacity == 0 or self._is_full():
-                return False
-            duplicate = key in self._sizes or key in self._queued
-            if not duplicate:
-                try:
-                    self._queue.put_nowait((key, data, on_done))
-                except queue.Full:
-                    self._counters.add(dropped=1)
-                    return False
-                self._queued.add(key)
-        if duplicate and on_done is not None:
-            on_done(True)
-        return True
+            return not self._closed and self._capacity > 0 and not self._is_full()
+
+    def stores(self, key: ChunkKey) -> bool:
+        return self.contains(key)
 
     def put(self, key: ChunkKey, data: Payload) -> bool:
         """Write synchronously; False on refusal or failure (never raises on I/O errors)."""
-        with self._lock:
-            if self._closed or self._capacity == 0 or self._is_full():
-                return False
+        if not self.accepts():
+            return False
         return self._write(key, data)
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every queued write finished; False on timeout."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if not self._queued:
-                    return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.002)
+    def write_many(self, items: Sequence[tuple[ChunkKey, Payload]]) -> list[bool]:
+        return [self.put(key, data) for key, data in items]
+
+    def count_dropped(self, n: int) -> None:
+        """Chunks that never reached this tier (evicted from CPU before their write)."""
+        self._counters.add(dropped=n)
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-        self._queue.put(None)  # the writer drains everything queued before the sentinel
-        self._writer.join()
         self._dir_lock.release()
         self._shards.close()
-
-    def _writer_loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            key, data, on_done = job
-            ok = False
-            try:
-                ok = self._write(key, data)
-            finally:
-                with self._lock:
-                    self._queued.discard(key)
-                if on_done is not None:
-                    with contextlib.suppress(Exception):  # a bad callback must not kill us
-                        on_done(ok)
 
     def _write(self, key: ChunkKey, data: Payload) -> bool:
         try:

@@ -398,6 +398,9 @@ class RemoteTier:
             note = ", ".join(parts)
         return self._counters.snapshot(capacity, used, chunks, healthy=healthy, note=note)
 
+    def count_dropped(self, n: int) -> None:
+        self._counters.add(dropped=n)
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

@@ -28,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
+import xxhash
+
 _DIGEST_BYTES = 16
 _LENGTH = struct.Struct("<Q")
 
@@ -76,6 +78,8 @@ def payload_check(
     secret: CacheSecret | None,
 ) -> bytes:
     if secret is None:
-        # Unkeyed: catches corruption, not forgery (the fingerprint is in the names).
-        return hashlib.blake2b(payload, digest_size=_DIGEST_BYTES).digest()
+        # Unkeyed: catches corruption, not forgery (anyone who can write the store can write a
+        # valid file anyway), so a fast non-cryptographic hash is enough: xxh3-128 checks at
+        # memory speed (~20 GB/s per core) where blake2b managed 0.75 GB/s.
+        return xxhash.xxh3_128_digest(payload)
     return secret.seal(fingerprint, key, payload)

@@ -26,7 +26,8 @@ class TierStats:
     errors: int
     healthy: bool = True
     note: str = ""  # e.g. "full", "disabled"
-    dropped: int = 0  # writes refused because the write queue was full
+    dropped: int = 0  # chunks evicted from CPU before their write-behind reached this tier
+    queued_bytes: int = 0  # committed to CPU, waiting for their write to this tier
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,8 +3,9 @@
 Primitives:
 - ``LookupState``: HIT (READY in CPU), PENDING (being promoted from disk or Redis), MISS.
 - ``TieredStore``: a ``CpuTier`` plus an optional ``DiskTier`` and an optional ``RemoteTier``
-  (Redis, ``remote_url``); CPU commits are written through to both in the background, and
-  lookups go CPU -> disk -> remote, promoting hits into CPU slots in the background.
+  (Redis, ``remote_url``); CPU commits are written behind to both (``write_behind``: nothing is
+  lost while the chunk is still in CPU), and lookups go CPU -> disk -> remote, promoting hits
+  into CPU slots in the background.
 
 A disk promotion running past ``promote_timeout_s`` (a read that hangs, e.g. on a dead NFS
 server) is given up on: its key answers MISS, a replacement worker promotes the other keys, and
@@ -30,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +45,7 @@ from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.promoter import Promotion, PromotionPool
 from kvpanel.cache.secret import CacheSecret
 from kvpanel.cache.stats import TierStats, TransferTotals
+from kvpanel.cache.write_behind import WriteBehind, WriteTarget
 from kvpanel.settings import TIERS
 
 if TYPE_CHECKING:  # imported when used: redis-py is only needed with a remote_url
@@ -72,6 +75,8 @@ class TieredStore:
         remote_workers: int = 4,
         remote_options: Mapping[str, Any] | None = None,
         secret: bytes | None = None,
+        disk_writers: int = 4,
+        remote_writers: int = 2,
     ) -> None:
         self.fingerprint = fp
         keyed = CacheSecret(secret) if secret else None
@@ -106,6 +111,12 @@ class TieredStore:
             self._fetcher = ThreadPoolExecutor(
                 max_workers=max(1, remote_workers), thread_name_prefix="kvpanel-remote-get"
             )
+        targets: list[tuple[WriteTarget, int]] = []
+        if self.disk is not None:
+            targets.append((self.disk, disk_writers))
+        if self.remote is not None:
+            targets.append((_RemoteTarget(self.remote), remote_writers))
+        self._write_behind = WriteBehind(self.cpu, targets)
         self._closed = False
 
     # ----- lookups ----------------------------------------------------------------------------
@@ -228,33 +239,10 @@ class TieredStore:
         return self._transfers.copy()
 
     def commit(self, keys: Iterable[ChunkKey], success: bool = True) -> None:
-        """Publish reserved chunks in CPU and write them through to disk and Redis."""
-        targets = [t for t in (self.disk, self.remote) if t is not None]
-        write_through = bool(targets) and success and not self._closed
-        ready = self.cpu.commit(keys, success, keep_pinned=write_through)
-        if not write_through:
-            return
-        for key, slot in ready.items():
-            # The slot stays pinned (not evictable, not reused) until every tier is done
-            # reading it: on disk, or encoded into a Redis value.
-            view = self.cpu.view(slot)
-            on_done = self._unpin_callback(key, len(targets))
-            for tier in targets:
-                if not tier.put_async(key, view, on_done):
-                    on_done(False)
-
-    def _unpin_callback(self, key: ChunkKey, users: int = 1) -> Callable[[bool], None]:
-        left = [users]
-        lock = threading.Lock()
-
-        def on_done(_ok: bool) -> None:
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                self.cpu.release([key])
-
-        return on_done
+        """Publish reserved chunks in CPU and queue them for disk and Redis."""
+        ready = self.cpu.commit(keys, success)
+        if ready and self._write_behind and not self._closed:
+            self._write_behind.enqueue(list(ready))
 
     # ----- management -------------------------------------------------------------------------
 
@@ -291,20 +279,27 @@ class TieredStore:
         out = {"cpu": self.cpu.stats(), "disk": disk}
         if self.remote is not None:
             out["remote"] = self.remote.stats()
+        for name in ("disk", "remote"):
+            queued = self._write_behind.pending_bytes(name)
+            if name in out and queued:
+                out[name] = replace(out[name], queued_bytes=queued)
         return out
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait for in-flight promotions and queued disk and Redis writes; False on timeout."""
+    def flush(
+        self, timeout: float | None = None, progress: Callable[[int], None] | None = None
+    ) -> bool:
+        """Wait for in-flight promotions and queued disk and Redis writes; False on timeout.
+        ``progress(bytes_left)`` is called about twice a second while writes are left."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.has_pending():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
             time.sleep(0.001)
-        for tier in (self.disk, self.remote):
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if tier is not None and not tier.flush(left):
-                return False
-        return True
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._write_behind.flush(left, progress)
+
+    def pending_write_bytes(self) -> int:
+        return self._write_behind.pending_bytes()
 
     def close(self) -> None:
         with self._lock:
@@ -319,13 +314,36 @@ class TieredStore:
         self._promoter.shutdown(wait=True, timeout_s=self._promote_timeout_s)
         if self._fetcher is not None:
             self._fetcher.shutdown(wait=True)
+        self._write_behind.close()  # writes what is queued, then the tiers can go
         if self.disk is not None:
-            self.disk.close()  # drains queued writes, whose callbacks unpin CPU slots
+            self.disk.close()
         if self.remote is not None:
-            self.remote.close()  # same for Redis writes
+            self.remote.close()
 
     def __enter__(self) -> TieredStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _RemoteTarget:
+    """The Redis tier as a write-behind target (one SET per call)."""
+
+    name = "remote"
+    batch_bytes = 0
+
+    def __init__(self, remote: RemoteTier) -> None:
+        self._remote = remote
+
+    def accepts(self) -> bool:
+        return self._remote.healthy
+
+    def stores(self, key: ChunkKey) -> bool:
+        return False
+
+    def write_many(self, items: Sequence[tuple[ChunkKey, torch.Tensor]]) -> list[bool]:
+        return [self._remote.put(key, data) for key, data in items]
+
+    def count_dropped(self, n: int) -> None:
+        self._remote.count_dropped(n)

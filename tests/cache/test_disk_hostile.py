@@ -211,7 +211,7 @@ def test_directory_at_chunk_path_at_runtime_does_not_mark_full(
         s = t.stats()
         assert s.errors == 1 and s.note == "" and s.healthy
         assert t.put(key(2), data(2))  # other keys are still admitted
-        assert t.put_async(key(3), data(3)) and t.flush(5) and t.contains(key(3))
+        assert t.write_many([(key(3), data(3))]) == [True] and t.contains(key(3))
         assert not any(fmt.TMP_MARKER in p.name for p in blocker.parent.iterdir())
 
 

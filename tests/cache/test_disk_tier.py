@@ -2,7 +2,6 @@ import errno
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,17 +32,9 @@ def path_of(t: DiskTier, i: int) -> Path:
     return fmt.chunk_path(t.dir, key(i))
 
 
-def test_round_trip_sync_and_async(tier: DiskTier) -> None:
+def test_round_trip(tier: DiskTier) -> None:
     assert tier.put(key(1), data(1))
-    done = threading.Event()
-    results: list[bool] = []
-
-    def on_done(ok: bool) -> None:
-        results.append(ok)
-        done.set()
-
-    assert tier.put_async(key(2), payload(2), on_done)
-    assert done.wait(5) and results == [True]
+    assert tier.write_many([(key(2), payload(2))]) == [True]
     assert tier.get(key(1)) == data(1)
     out = torch.zeros(CHUNK_BYTES, dtype=torch.uint8)
     assert tier.read_into(key(2), out) and torch.equal(out, payload(2))
@@ -59,8 +50,7 @@ def test_round_trip_sync_and_async(tier: DiskTier) -> None:
 def test_restart_rebuilds_index(tmp_path: Path, fp: Fingerprint) -> None:
     t = DiskTier(tmp_path, fp, 100 * FILE_BYTES)
     for i in range(5):
-        assert t.put_async(key(i), data(i))
-    assert t.flush(5)
+        assert t.put(key(i), data(i))
     t.close()
     t.close()  # idempotent
     stale = path_of(t, 0).with_name("junk.kvc.tmp.123.abcd")
@@ -217,26 +207,22 @@ def test_disk_full_stops_admitting(
         t.put(key(1), data(1))
         real_write = os.write
 
+        real_writev = os.writev
+
         def enospc(fd: int, buf: object) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(fmt.os, "write", enospc)
-        results: list[bool] = []
-        done = threading.Event()
-
-        def on_done(ok: bool) -> None:
-            results.append(ok)
-            done.set()
-
-        assert t.put_async(key(2), data(2), on_done)
-        assert done.wait(5) and results == [False]
+        monkeypatch.setattr(fmt.os, "writev", enospc)
+        assert not t.put(key(2), data(2))
         s = t.stats()
         assert s.note == "full" and not s.healthy and s.errors == 1
-        assert not t.put_async(key(3), data(3))
+        assert not t.accepts() and t.write_many([(key(3), data(3))]) == [False]
         assert not t.put(key(3), data(3))
         assert not any(".tmp." in p.name for p in path_of(t, 2).parent.iterdir())
         assert not t.contains(key(2))
         monkeypatch.setattr(fmt.os, "write", real_write)
+        monkeypatch.setattr(fmt.os, "writev", real_writev)
         assert t.get(key(1)) == data(1)  # reads still work
         time.sleep(0.35)  # retry window elapsed
         assert t.put(key(3), data(3)) and t.stats().note == ""
@@ -258,27 +244,6 @@ def test_full_cleared_by_eviction(
         assert t.stats().note == "" and t.put(key(2), data(2))
     finally:
         t.close()
-
-
-def test_queue_full_counts_dropped(tmp_path: Path, fp: Fingerprint) -> None:
-    t = DiskTier(tmp_path, fp, 100 * FILE_BYTES, max_queue=1)
-    gate = threading.Event()
-
-    def block_writer(ok: bool) -> None:
-        gate.wait(5)
-
-    try:
-        assert t.put_async(key(1), data(1), block_writer)  # writer blocks in its callback
-        deadline = time.monotonic() + 5
-        while t.contains(key(1)) is False and time.monotonic() < deadline:
-            time.sleep(0.001)
-        assert t.put_async(key(2), data(2))  # fills the queue
-        assert not t.put_async(key(3), data(3))
-        assert t.stats().dropped == 1
-    finally:
-        gate.set()
-        t.close()
-    assert not t.put_async(key(4), data(4))  # closed
 
 
 # ----- cache secret: keyed chunks, one namespace per secret ----------------------------------

@@ -34,8 +34,8 @@ def test_disk_full_store_level(tmpfs):
         stats = tier.stats()
         assert results[0] and not all(results)
         assert stats.note == "full" and not stats.healthy and stats.errors >= 1
-        refused = tier.put_async(ChunkKey(b"x" * 16), torch.ones(CHUNK, dtype=torch.uint8))
-        assert refused is False  # stops admitting instead of retrying every chunk
+        assert not tier.accepts()  # stops admitting instead of retrying every chunk
+        assert not tier.put(ChunkKey(b"x" * 16), torch.ones(CHUNK, dtype=torch.uint8))
         valid, temps = validate_disk_dir(root)
         assert valid == sum(results) and temps == []
     finally:
