@@ -77,7 +77,8 @@ def test_evicted_before_written_is_counted_dropped(tmp_path: Path, fp: Fingerpri
         assert s.chunks + s.dropped == committed
         assert store.disk is not None
         out = torch.empty(CHUNK_BYTES, dtype=torch.uint8)
-        for k in store.disk.keys():
+        stored = store.disk.keys()
+        for k in stored:
             assert store.disk.read_into(k, out)
             assert torch.equal(out, payload(int.from_bytes(k, "little")))
 
