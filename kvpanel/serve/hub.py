@@ -15,9 +15,11 @@ start_bench() / bench() / logs(); HubError(status, message) for the HTTP layer.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from kvpanel.metrics.engine_samples import EngineSamples
@@ -163,13 +165,29 @@ class StatusHub:
         self.refresh()
         return {"ok": True, "tiers": reply["tiers"]}
 
-    def flush(self, timeout: float = 60.0) -> bool:
-        if self.control is None:
+    def flush(self, timeout: float = 60.0, progress: Callable[[int], None] | None = None) -> bool:
+        """Wait for the engine's queued disk and Redis writes; ``progress(bytes_left)`` about
+        twice a second while they are being written (the flush call itself blocks)."""
+        control = self.control
+        if control is None:
             return True
-        try:
-            return bool(self.control.call(op="flush", timeout=timeout).get("ok"))
-        except OSError:
-            return False
+        result: list[bool] = []
+
+        def run() -> None:
+            try:
+                result.append(bool(control.call(op="flush", timeout=timeout).get("ok")))
+            except OSError:
+                result.append(False)
+
+        worker = threading.Thread(target=run, name="kvpanel-flush", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.5)
+            if worker.is_alive() and progress is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    tiers = control.call(op="stats").get("tiers", {})
+                    progress(sum(int(t.get("queued_bytes", 0)) for t in tiers.values()))
+        return bool(result and result[0])
 
     def logs(self, since: int) -> dict[str, Any]:
         if self.logtee is None:

@@ -302,7 +302,13 @@ def _serve(
     else:
         _run_panel(hub, server.url or "", token, stop, opts.theme, tee.tty_fd)
     log.info("shutting down: flushing kvpanel tiers")
-    flushed = hub.flush()
+
+    def flushing(bytes_left: int) -> None:
+        log.info("flushing kvpanel tiers: %.1f MB left to write", bytes_left / 1e6)
+        if opts.no_ui:
+            _write_line(tee.stdout_fd, {"event": "flushing", "bytes_left": bytes_left})
+
+    flushed = hub.flush(progress=flushing)
     server.stop()
     if opts.no_ui:
         _write_line(tee.stdout_fd, {"event": "stopped", "flushed": flushed})

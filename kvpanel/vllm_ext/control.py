@@ -80,12 +80,16 @@ def handle_request(store: TieredStore, request: Any) -> dict[str, Any]:
             store.clear(str(tier))
         elif op == "flush":
             timeout = request.get("timeout", 60)
-            return _reply(store, ok=store.flush(float(timeout)))
+            return _reply(store, ok=store.flush(float(timeout), progress=_log_flush_progress))
         else:
             return {"ok": False, "error": f"unknown op {op!r}"}
     except ValueError as e:
         return {"ok": False, "error": str(e)}
     return _reply(store)
+
+
+def _log_flush_progress(bytes_left: int) -> None:
+    log.info("kvpanel: flushing tiers: %.1f MB left to write", bytes_left / 1e6)
 
 
 def start_control_server(path: str, store: TieredStore) -> None:
