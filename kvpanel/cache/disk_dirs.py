@@ -71,6 +71,22 @@ def prepare_fp_dir(root: Path, fp: Fingerprint, dir_name: str) -> int:
     return fp_fd
 
 
+def write_note(dir_fd: int, name: str, data: bytes) -> None:
+    """Replace the small file ``name`` in ``dir_fd`` atomically (``OSError`` on failure)."""
+    _write_atomic(dir_fd, name, data)
+
+
+def read_note(dir_fd: int, name: str, max_bytes: int = 4096) -> bytes | None:
+    """The small regular file ``name`` in ``dir_fd``, or None (absent, a link, too large)."""
+    try:
+        fd = fmt.open_regular(name, dir_fd)
+    except (OSError, fmt.CorruptChunk):
+        return None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
+    return data if len(data) <= max_bytes else None
+
+
 def _write_atomic(dir_fd: int, name: str, data: bytes) -> None:
     # Replacing (not opening) the name: a symlink planted there is replaced, not written through.
     tmp = f".{name}{fmt.TMP_MARKER}{os.getpid()}.{secrets.token_hex(4)}"

@@ -35,7 +35,7 @@ import torch
 
 from kvpanel.cache import disk_format as fmt
 from kvpanel.cache.buffers import Payload, as_byte_view
-from kvpanel.cache.disk_dirs import ShardDirs, prepare_fp_dir, scan_chunks
+from kvpanel.cache.disk_dirs import ShardDirs, prepare_fp_dir, read_note, scan_chunks, write_note
 from kvpanel.cache.disk_lock import DirLock, DirLockBusy
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.lru import LruIndex
@@ -347,6 +347,54 @@ class DiskTier:
         if delete:
             self._shards.unlink(key)
         return size is not None
+
+    def read_note(self, name: str) -> bytes | None:
+        """A small side file of this tier's directory (e.g. the planner's measurements)."""
+        with self._lock:
+            if self._closed:
+                return None
+        return read_note(self._shards.fp_fd, name)
+
+    def write_note(self, name: str, data: bytes) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+        try:
+            write_note(self._shards.fp_fd, name, data)
+        except OSError:
+            return False
+        return True
+
+    def probe_read_rate(self, chunks: int = 8, threads: int = 4) -> float | None:
+        """Bytes/s reading up to ``chunks`` of the most recent chunk files on ``threads``
+        threads (what promotions do), or None without files to read. The files are read as
+        promotions would read them, so a page cache that holds them shows its speed."""
+        with self._lock:
+            keys = list(self._lru.victims())[-chunks:]
+        if not keys:
+            return None
+        bufs = [torch.empty(self._payload_len, dtype=torch.uint8) for _ in range(threads)]
+        done = [0]
+        lock = threading.Lock()
+
+        def worker(i: int) -> None:
+            for key in keys[i::threads]:
+                if self._read(key, bufs[i].numpy().data.cast("B")):
+                    with lock:
+                        done[0] += self._payload_len
+
+        t0 = time.monotonic()
+        workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        elapsed = time.monotonic() - t0
+        return done[0] / elapsed if done[0] and elapsed > 0 else None
+
+    def count_skipped_slow(self) -> None:
+        """A held chunk not offered: recomputing it was expected to be faster."""
+        self._counters.add(skipped_slow=1)
 
     def count_error(self) -> None:
         """An error found outside the tier (a promotion given up on)."""

@@ -28,6 +28,7 @@ class TierStats:
     note: str = ""  # e.g. "full", "disabled"
     dropped: int = 0  # chunks evicted from CPU before their write-behind reached this tier
     queued_bytes: int = 0  # committed to CPU, waiting for their write to this tier
+    skipped_slow: int = 0  # held chunks not offered: the engine would recompute them sooner
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,6 +46,7 @@ class TierCounters:
         "evictions",
         "errors",
         "dropped",
+        "skipped_slow",
         "_lock",
     )
 
@@ -57,6 +59,7 @@ class TierCounters:
         self.evictions = 0
         self.errors = 0
         self.dropped = 0
+        self.skipped_slow = 0
         self._lock = threading.Lock()
 
     def add(
@@ -69,6 +72,7 @@ class TierCounters:
         evictions: int = 0,
         errors: int = 0,
         dropped: int = 0,
+        skipped_slow: int = 0,
     ) -> None:
         with self._lock:
             self.hits += hits
@@ -78,6 +82,7 @@ class TierCounters:
             self.evictions += evictions
             self.errors += errors
             self.dropped += dropped
+            self.skipped_slow += skipped_slow
 
     def snapshot(
         self, capacity: int, used: int, chunks: int, *, healthy: bool = True, note: str = ""
@@ -97,6 +102,7 @@ class TierCounters:
                 healthy=healthy,
                 note=note,
                 dropped=self.dropped,
+                skipped_slow=self.skipped_slow,
             )
 
 

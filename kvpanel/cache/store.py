@@ -42,6 +42,7 @@ from kvpanel.cache.buffers import copy_into
 from kvpanel.cache.cpu_tier import CpuTier, Reservation
 from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.keys import ChunkKey, Fingerprint
+from kvpanel.cache.load_planner import LoadPlanner
 from kvpanel.cache.promoter import Promotion, PromotionPool
 from kvpanel.cache.secret import CacheSecret
 from kvpanel.cache.stats import TierStats, TransferTotals
@@ -52,6 +53,9 @@ if TYPE_CHECKING:  # imported when used: redis-py is only needed with a remote_u
     from kvpanel.cache.remote_tier import RemoteTier
 
 log = logging.getLogger("kvpanel")
+
+# The load planner's measurements, next to the disk tier's chunk files, for the next process.
+_PLANNER_NOTE = "planner.json"
 
 
 class LookupState(Enum):
@@ -89,6 +93,7 @@ class TieredStore:
         if disk_path is not None and disk_bytes > 0:
             self.disk = DiskTier(disk_path, fp, disk_bytes, secret=keyed)
         self._transfers = TransferTotals()
+        self.planner = LoadPlanner(fp.chunk_bytes, fp.chunk_tokens)
         self._lock = threading.Lock()
         self._pending: dict[ChunkKey, Future[None] | Promotion] = {}
         self._given_up: set[ChunkKey] = set()  # promotions past their deadline, still running
@@ -118,12 +123,34 @@ class TieredStore:
             targets.append((_RemoteTarget(self.remote), remote_writers))
         self._write_behind = WriteBehind(self.cpu, targets)
         self._closed = False
+        if self.disk is not None:
+            note = self.disk.read_note(_PLANNER_NOTE)
+            if note is not None:
+                self.planner.seed_from_json(note)
+            threading.Thread(
+                target=self._probe_disk, name="kvpanel-disk-probe", daemon=True
+            ).start()
+
+    def _probe_disk(self) -> None:
+        # The first requests after a restart arrive before any promotion could be timed.
+        disk = self.disk
+        rate = disk.probe_read_rate() if disk is not None else None
+        if rate is not None:
+            self.planner.reads["disk"].seed(rate)
+            log.info("kvpanel disk tier: read probe %.2f GB/s", rate / 1e9)
 
     # ----- lookups ----------------------------------------------------------------------------
 
-    def lookup(self, key: ChunkKey, count: bool = True) -> LookupState:
+    def lookup(
+        self, key: ChunkKey, count: bool = True, plan: dict[str, bool] | None = None
+    ) -> LookupState:
         """HIT (in CPU), PENDING (being promoted from disk/Redis), or MISS. ``count=False``:
-        answer without counting, for a caller that asks again about the same request."""
+        answer without counting, for a caller that asks again about the same request.
+
+        ``plan``: the request's load-or-recompute decisions per tier (``{}`` for a new
+        request, filled in here on first need, the same dict on every later call): a chunk
+        held in a tier the planner turned down for this request is a MISS (``skipped_slow``).
+        Without it every held chunk is offered."""
         with self._lock:
             self._give_up_overdue()
             if key in self._given_up:
@@ -137,8 +164,13 @@ class TieredStore:
             if (
                 self.disk is not None
                 and len(self._given_up) < self._stalled_after  # else a miss, no slot pinned
-                and self.disk.lookup(key, count)
+                and self.disk.contains(key)
             ):
+                if not self._admitted("disk", plan):
+                    if count:
+                        self.disk.count_skipped_slow()
+                    return LookupState.MISS
+                self.disk.lookup(key, count)
                 # Reserve here, not in the worker, so "no CPU room" is a MISS right away
                 # instead of a PENDING that fails later and is retried on every poll.
                 res = self.cpu.reserve([key])
@@ -153,6 +185,16 @@ class TieredStore:
                 return LookupState.MISS
             self._pending[key] = self._fetcher.submit(self._fetch_remote, key)
             return LookupState.PENDING
+
+    def _admitted(self, tier: str, plan: dict[str, bool] | None) -> bool:
+        # Called with the store lock held; decided once per request and tier.
+        if plan is None:
+            return True
+        ok = plan.get(tier)
+        if ok is None:
+            backlog = sum(1 for j in self._pending.values() if isinstance(j, Promotion))
+            ok = plan[tier] = self.planner.admit(tier, backlog * self.cpu.slot_bytes)
+        return ok
 
     def has_pending(self) -> bool:
         """Work the engine should keep stepping for (promotions given up on are not)."""
@@ -180,7 +222,12 @@ class TieredStore:
         try:
             assert self.disk is not None
             if not job.given_up:  # given up on before it started: only release the slot
-                ok = self.disk.read_into(key, self.cpu.view(slot))
+                meter = self.planner.reads["disk"]
+                meter.start()
+                try:
+                    ok = self.disk.read_into(key, self.cpu.view(slot))
+                finally:
+                    meter.finish(self.cpu.slot_bytes if ok else 0)
         finally:
             # Also when given up on: the slot was reserved (WRITING, never served) until now.
             self.cpu.commit([key], success=ok)
@@ -316,6 +363,7 @@ class TieredStore:
             self._fetcher.shutdown(wait=True)
         self._write_behind.close()  # writes what is queued, then the tiers can go
         if self.disk is not None:
+            self.disk.write_note(_PLANNER_NOTE, self.planner.to_json().encode())
             self.disk.close()
         if self.remote is not None:
             self.remote.close()

@@ -7,12 +7,18 @@ key, in memory or on disk.
 vLLM asks ``lookup`` again on every engine step while a request waits (for GPU room, or for a
 disk/Redis promotion), so tier hits and misses are counted once per (request, chunk): the hit
 rate the panel shows is over distinct chunks a request wanted, not over polls.
+
+Load or recompute (``cache.load_planner``): each request carries its own decisions per tier,
+made on its first chunk held below CPU; the manager feeds the planner what only the scheduler
+sees: the prompt tokens the engine computed (stores), prompt sizes (at ``on_request_finished``)
+and requests that go to the engine (their first miss).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
 
 from kvpanel.cache.keys import ChunkKey, Fingerprint, chunk_key
 from kvpanel.cache.store import LookupState, TieredStore
@@ -48,21 +54,35 @@ _RECENT_REQUESTS = 1024
 _KEY_CACHE = 1 << 16
 
 
+@dataclass(slots=True)
+class _Request:
+    seen: set[ChunkKey] = field(default_factory=set)  # chunks already counted
+    blocks: set[bytes] = field(default_factory=set)  # prompt positions hit or stored
+    plan: dict[str, bool] = field(default_factory=dict)  # load-or-recompute, per tier
+    went_to_engine: bool = False
+
+
+def _position(key: OffloadKey) -> bytes:
+    # The block hash without the KV group index: one per chunk of prompt, whatever the groups.
+    return bytes(key[:-4])
+
+
 class KvpanelManager(OffloadingManager):
     def __init__(self, store: TieredStore, fingerprint: Fingerprint):
         self.store = store
         self.fingerprint = fingerprint
-        self._answered: OrderedDict[str, set[ChunkKey]] = OrderedDict()
+        self._planner = store.planner
+        self._requests: OrderedDict[str, _Request] = OrderedDict()
         self._key_cache: dict[OffloadKey, ChunkKey] = {}
 
-    def _answered_for(self, req_id: str) -> set[ChunkKey]:
-        seen = self._answered.get(req_id)
-        if seen is None:
-            seen = self._answered[req_id] = set()
+    def _request(self, req_id: str) -> _Request:
+        info = self._requests.get(req_id)
+        if info is None:
+            info = self._requests[req_id] = _Request()
             trace.emit("ask", req=req_id)
-            if len(self._answered) > _RECENT_REQUESTS:
-                self._answered.popitem(last=False)
-        return seen
+            if len(self._requests) > _RECENT_REQUESTS:  # finished without telling us
+                self._requests.popitem(last=False)
+        return info
 
     def _key(self, key: OffloadKey) -> ChunkKey:
         ck = self._key_cache.get(key)
@@ -77,10 +97,16 @@ class KvpanelManager(OffloadingManager):
 
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
         ck = self._key(key)
-        seen = self._answered_for(req_context.req_id)
-        state = self.store.lookup(ck, count=ck not in seen)
+        info = self._request(req_context.req_id)
+        state = self.store.lookup(ck, count=ck not in info.seen, plan=info.plan)
         if state is not LookupState.PENDING:  # a promoted chunk counts once more, as a CPU hit
-            seen.add(ck)
+            info.seen.add(ck)
+        if state is LookupState.MISS:
+            if not info.went_to_engine:
+                info.went_to_engine = True
+                self._planner.note_recompute(len(info.blocks) * self.fingerprint.chunk_tokens)
+        else:
+            info.blocks.add(_position(key))
         return _LOOKUP[state]
 
     def prepare_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> LoadStoreSpec:
@@ -113,6 +139,16 @@ class KvpanelManager(OffloadingManager):
         self, keys: Collection[OffloadKey], req_context: ReqContext, success: bool = True
     ) -> None:
         self.store.commit(self._keys(keys), success=success)
+        positions = {_position(k) for k in keys}
+        self._planner.note_computed(len(positions) * self.fingerprint.chunk_tokens)
+        info = self._requests.get(req_context.req_id)
+        if info is not None:
+            info.blocks |= positions
+
+    def on_request_finished(self, req_context: ReqContext) -> None:
+        info = self._requests.pop(req_context.req_id, None)
+        if info is not None and info.blocks:
+            self._planner.note_request_tokens(len(info.blocks) * self.fingerprint.chunk_tokens)
 
     def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
         return RequestOffloadingContext()

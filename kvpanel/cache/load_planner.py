@@ -1,0 +1,206 @@
+"""Load or recompute: offer a lower-tier hit only where it arrives before the engine could
+recompute it, so that a slow disk or Redis never makes a request slower than having no tier,
+and under load the tier serves some requests while the GPU recomputes others.
+
+Primitives:
+- ``BusyRate``: the throughput of something that works on several jobs at once (a tier's
+  promotion threads), as work done over the time it had work (not wall time), smoothed.
+- ``PeakRate``: the engine's recompute rate in tokens/s, the best 2 s window recently seen
+  (the engine is not always busy, and an idle engine's throughput says nothing about its speed).
+- ``LoadPlanner``: per request, once, ``admit(tier, backlog_bytes)``: True unless loading the
+  request's prompt from ``tier`` behind what that tier still has to read is expected to take
+  longer than recomputing it behind the prompts the engine already has to recompute. Also the
+  engine-side bookkeeping: ``note_computed(tokens)``, ``note_recompute(tokens_held)`` (a request
+  went to the engine), ``note_request_tokens(tokens)`` (prompt sizes, for the expectation).
+
+Until a tier's read rate and the engine's rate have both been measured, everything is
+admitted: a decision needs measurements, and a cold start must not turn tiers off. A restart
+starts from the previous run's measurements (``to_json``/``seed_from_json``, kept next to the
+disk tier's files) and a short read probe of the disk tier (``TieredStore``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+
+
+class BusyRate:
+    """Units per second of busy time, as an exponentially weighted mean of finished jobs."""
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self._weight = weight
+        self._lock = threading.Lock()
+        self._active = 0
+        self._busy_since = 0.0
+        self._busy_s = 0.0  # busy time since the last finished job
+        self._units = 0.0
+        self._rate: float | None = None
+
+    @property
+    def rate(self) -> float | None:
+        with self._lock:
+            return self._rate
+
+    def seed(self, rate: float) -> None:
+        """A measurement from elsewhere (a probe, the previous run), until jobs replace it."""
+        with self._lock:
+            if self._rate is None and rate > 0:
+                self._rate = rate
+
+    def start(self) -> None:
+        with self._lock:
+            if self._active == 0:
+                self._busy_since = time.monotonic()
+            self._active += 1
+
+    def finish(self, units: float) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._busy_s += now - self._busy_since
+            self._busy_since = now
+            self._active = max(0, self._active - 1)
+            self._units += units
+            if self._busy_s <= 0 or self._units <= 0:
+                return
+            rate = self._units / self._busy_s
+            self._units = 0.0
+            self._busy_s = 0.0
+            w = self._weight
+            self._rate = rate if self._rate is None else (1 - w) * self._rate + w * rate
+
+
+class PeakRate:
+    """The best rate over ``window_s`` windows among the last ``keep`` windows."""
+
+    def __init__(self, window_s: float = 2.0, keep: int = 30) -> None:
+        self._window_s = window_s
+        self._lock = threading.Lock()
+        self._start = time.monotonic()
+        self._units = 0.0
+        self._done: deque[float] = deque(maxlen=keep)
+
+    def add(self, units: float) -> None:
+        with self._lock:
+            self._roll(time.monotonic())
+            self._units += units
+
+    def seed(self, rate: float) -> None:
+        with self._lock:
+            if not self._done and rate > 0:
+                self._done.append(rate)
+
+    @property
+    def rate(self) -> float | None:
+        with self._lock:
+            self._roll(time.monotonic())
+            return max(self._done) if self._done else None
+
+    def _roll(self, now: float) -> None:
+        if now - self._start < self._window_s:
+            return
+        if self._units > 0:
+            self._done.append(self._units / (now - self._start))
+        self._start = now
+        self._units = 0.0
+
+
+class LoadPlanner:
+    def __init__(self, chunk_bytes: int, chunk_tokens: int) -> None:
+        self._chunk_bytes = chunk_bytes
+        self._chunk_tokens = chunk_tokens
+        self.reads: dict[str, BusyRate] = {"disk": BusyRate(), "remote": BusyRate()}
+        self.engine = PeakRate()
+        self._lock = threading.Lock()
+        self._prompt_tokens: float | None = None  # mean prompt size seen
+        self._backlog_tokens = 0.0  # prompt tokens the engine still has to recompute (estimate)
+        self._backlog_at = time.monotonic()
+
+    # ----- engine side ------------------------------------------------------------------------
+
+    def note_computed(self, tokens: int) -> None:
+        self.engine.add(tokens)
+
+    def note_request_tokens(self, tokens: int) -> None:
+        with self._lock:
+            mean = self._prompt_tokens
+            self._prompt_tokens = tokens if mean is None else 0.8 * mean + 0.2 * tokens
+
+    def note_recompute(self, tokens_held: int = 0) -> None:
+        """A request goes to the engine (a miss or a skipped hit) with ``tokens_held`` of its
+        prompt already found in the tiers: the rest of a mean prompt joins the backlog."""
+        with self._lock:
+            self._drain()
+            if self._prompt_tokens is not None:
+                self._backlog_tokens += max(0.0, self._prompt_tokens - tokens_held)
+
+    def _drain(self) -> None:
+        # Called with the lock held: the engine works its backlog off at its measured rate.
+        now = time.monotonic()
+        rate = self.engine.rate or 0.0
+        self._backlog_tokens = max(0.0, self._backlog_tokens - rate * (now - self._backlog_at))
+        self._backlog_at = now
+
+    # ----- the decision -----------------------------------------------------------------------
+
+    def admit(self, tier: str, backlog_bytes: int) -> bool:
+        read_rate = self.reads[tier].rate
+        engine_rate = self.engine.rate
+        with self._lock:
+            prompt = self._prompt_tokens
+            if read_rate is None or engine_rate is None or prompt is None:
+                return True  # nothing measured yet
+            self._drain()
+            engine_backlog = self._backlog_tokens
+        prompt_bytes = prompt / self._chunk_tokens * self._chunk_bytes
+        load_s = (backlog_bytes + prompt_bytes) / read_rate
+        recompute_s = (engine_backlog + prompt) / engine_rate
+        return load_s <= recompute_s
+
+    # ----- what the next process may start from ---------------------------------------------
+
+    def to_json(self) -> str:
+        # The engine's figures only: a tier's read speed depends on what the page cache holds
+        # at the time, so the next process measures it afresh (the disk probe).
+        with self._lock:
+            prompt = self._prompt_tokens
+        rates = {"engine_tokens_per_s": self.engine.rate, "prompt_tokens": prompt}
+        return json.dumps({k: v for k, v in rates.items() if v})
+
+    def seed_from_json(self, text: str | bytes) -> None:
+        """Start from a previous run's measurements. The file lives in the cache dir, outside
+        what kvpanel trusts: a hostile one can only sway load-or-recompute choices (never what
+        is served), and values are bounded so it cannot turn arithmetic into nonsense."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(data, dict):
+            return
+
+        def num(name: str) -> float | None:
+            v = data.get(name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1e15:
+                return None
+            return float(v)
+
+        if (rate := num("engine_tokens_per_s")) is not None:
+            self.engine.seed(rate)
+        if (tokens := num("prompt_tokens")) is not None:
+            with self._lock:
+                if self._prompt_tokens is None:
+                    self._prompt_tokens = tokens
+
+    def snapshot(self) -> dict[str, float | None]:
+        with self._lock:
+            self._drain()
+            backlog, prompt = self._backlog_tokens, self._prompt_tokens
+        return {
+            "disk_read_bytes_per_s": self.reads["disk"].rate,
+            "remote_read_bytes_per_s": self.reads["remote"].rate,
+            "engine_tokens_per_s": self.engine.rate,
+            "engine_backlog_tokens": backlog,
+            "mean_prompt_tokens": prompt,
+        }

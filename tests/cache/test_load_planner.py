@@ -1,0 +1,159 @@
+"""Load or recompute: measured rates, the decision, the next process's starting point."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import CHUNK_BYTES, key, payload
+
+from kvpanel.cache.keys import Fingerprint
+from kvpanel.cache.load_planner import BusyRate, LoadPlanner, PeakRate
+from kvpanel.cache.store import LookupState, TieredStore
+
+TOKENS = 16  # the cache tests' chunk_tokens
+
+
+def test_busy_rate_counts_parallel_jobs_once() -> None:
+    """Four jobs of 0.1 s side by side: 4 units in ~0.1 s of busy time, not in 0.4 s."""
+    meter = BusyRate(weight=1.0)
+
+    def job() -> None:
+        meter.start()
+        time.sleep(0.1)
+        meter.finish(1)
+
+    threads = [threading.Thread(target=job) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert meter.rate is not None and meter.rate > 20  # one at a time would give ~10/s
+
+
+def test_peak_rate_keeps_the_busy_window() -> None:
+    peak = PeakRate(window_s=0.05)
+    peak.add(100)
+    time.sleep(0.06)
+    peak.add(0)  # closes the busy window
+    busy = peak.rate
+    time.sleep(0.12)  # idle windows add nothing
+    assert busy is not None and peak.rate == busy
+
+
+def planner(read_bps: float, engine_tps: float, prompt: int = 4 * TOKENS) -> LoadPlanner:
+    p = LoadPlanner(CHUNK_BYTES, TOKENS)
+    p.reads["disk"].seed(read_bps)
+    p.engine.seed(engine_tps)
+    p.note_request_tokens(prompt)
+    return p
+
+
+def test_nothing_measured_admits() -> None:
+    p = LoadPlanner(CHUNK_BYTES, TOKENS)
+    assert p.admit("disk", backlog_bytes=10**12)
+    p.engine.seed(1e9)
+    assert p.admit("disk", backlog_bytes=10**12)  # the tier is not measured yet
+
+
+def test_slow_tier_skipped_fast_tier_used() -> None:
+    # 4 chunks of 4 KiB: 16 KiB to read, 64 tokens to recompute.
+    assert not planner(read_bps=1e3, engine_tps=1e3).admit("disk", 0)  # 16 s vs 64 ms
+    assert planner(read_bps=1e9, engine_tps=1e3).admit("disk", 0)  # 16 us vs 64 ms
+
+
+def test_split_between_tier_and_engine_under_load() -> None:
+    """Tier and engine equally fast: a burst of requests alternates between them, each
+    recompute joining the engine's backlog, each load the tier's."""
+    p = planner(read_bps=CHUNK_BYTES / TOKENS * 1000, engine_tps=1000)
+    backlog = 0
+    loads = 0
+    for _ in range(10):
+        if p.admit("disk", backlog):
+            backlog += 4 * CHUNK_BYTES
+            loads += 1
+        else:
+            p.note_recompute()
+    assert 4 <= loads <= 6
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"",
+        b"not json",
+        b"[1,2]",
+        b'{"engine_tokens_per_s": true}',
+        b'{"engine_tokens_per_s": 1e300}',
+        b'{"engine_tokens_per_s": -5, "prompt_tokens": "x"}',
+        b'{"engine_tokens_per_s": {"a": 1}}',
+    ],
+)
+def test_hostile_planner_note_is_ignored(text: bytes) -> None:
+    p = LoadPlanner(CHUNK_BYTES, TOKENS)
+    p.seed_from_json(text)
+    assert p.engine.rate is None and p.snapshot()["mean_prompt_tokens"] is None
+
+
+def test_measurements_carry_to_the_next_process(tmp_path: Path, fp: Fingerprint) -> None:
+    with TieredStore(fp, cpu_bytes=8 * CHUNK_BYTES, disk_path=tmp_path, disk_bytes=1 << 20) as s:
+        s.planner.engine.seed(12345.0)
+        s.planner.note_request_tokens(640)
+    with TieredStore(fp, cpu_bytes=8 * CHUNK_BYTES, disk_path=tmp_path, disk_bytes=1 << 20) as s:
+        assert s.planner.engine.rate == 12345.0
+        assert s.planner.snapshot()["mean_prompt_tokens"] == 640
+
+
+def fill_disk(tmp_path: Path, fp: Fingerprint, n: int) -> None:
+    with TieredStore(fp, cpu_bytes=n * CHUNK_BYTES, disk_path=tmp_path, disk_bytes=1 << 20) as s:
+        for i in range(n):
+            res = s.reserve([key(i)])
+            assert res is not None
+            s.view(res.slots[0]).copy_(payload(i))
+            s.commit(res.keys)
+        assert s.flush(10)
+
+
+def wait_done(store: TieredStore, k: object, plan: dict[str, bool]) -> LookupState:
+    deadline = time.monotonic() + 10
+    state = store.lookup(k, plan=plan)  # type: ignore[arg-type]
+    while state is LookupState.PENDING:  # polls, as vLLM's are, count nothing more
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+        state = store.lookup(k, count=False, plan=plan)  # type: ignore[arg-type]
+    return state
+
+
+@pytest.mark.parametrize("read_delay_s", [0.0, 0.25])
+def test_store_skips_a_slow_disk_uses_a_fast_one(
+    tmp_path: Path, fp: Fingerprint, read_delay_s: float
+) -> None:
+    """A disk made slow on purpose (each read sleeps) is measured by the first request's
+    promotions; the next request's chunks are then recomputed (skipped_slow), not loaded.
+    The same disk without the delay keeps serving."""
+    fill_disk(tmp_path, fp, 8)
+    with TieredStore(fp, cpu_bytes=8 * CHUNK_BYTES, disk_path=tmp_path, disk_bytes=1 << 20) as s:
+        assert s.disk is not None
+        real = s.disk.read_into
+
+        def slow(k, out):  # type: ignore[no-untyped-def]
+            time.sleep(read_delay_s)
+            return real(k, out)
+
+        s.disk.read_into = slow  # type: ignore[method-assign]
+        deadline = time.monotonic() + 10
+        while s.planner.reads["disk"].rate is None:  # the start-up probe is done
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        s.planner.reads["disk"] = BusyRate()  # forget the probe's figure: time these reads
+        s.planner.engine.seed(1000.0)  # recomputing a 4-chunk prompt takes 64 ms
+        s.planner.note_request_tokens(4 * TOKENS)
+        first: dict[str, bool] = {}
+        assert all(wait_done(s, key(i), first) is LookupState.HIT for i in range(4))
+        second: dict[str, bool] = {}
+        states = [wait_done(s, key(i), second) for i in range(4, 8)]
+        stats = s.stats()["disk"]
+        if read_delay_s:
+            assert states == [LookupState.MISS] * 4 and stats.skipped_slow == 4
+        else:
+            assert states == [LookupState.HIT] * 4 and stats.skipped_slow == 0
