@@ -148,8 +148,11 @@ def run_modes(
         try:
             assert server.url is not None
             mode_params = params if params.api_key else replace(params, api_key=server.token)
+            mode_progress = (
+                progress_cb if restarter is None else restarter.watch_progress(progress_cb)
+            )
             outcome.result = run_benchmark(
-                mode_params, server.url, progress_cb=progress_cb, restart=restarter
+                mode_params, server.url, progress_cb=mode_progress, restart=restarter
             )
             failed = outcome.result.failed_requests
             outcome.ok = failed == 0

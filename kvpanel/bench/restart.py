@@ -11,8 +11,8 @@ tier is read from the device, not from memory; where that is not permitted (no r
 
     drop_page_cache(path)      - sync + "3" into drop_caches: a PageCacheDrop (never raises)
     ServerRestarter            - the RestartHook for one mode: stop, drop, start; its RestartRecord
-    restart_summary(outcome)   - per mode: ratios of the query round to the warm-up round, tier
-                                 hits after the restart, dropped writes, how the stop went
+    restart_summary(outcome)   - per mode: ratios of the query round to the warm-up round, the
+                                 query round's tier hits, dropped writes, how the stop went
     print_restart_table(rows)  - the table printed after the comparison's
 """
 
@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from kvpanel.bench.long_doc_qa import ProgressCallback
 from kvpanel.bench.result import QUERY, WARMUP
 from kvpanel.bench.server_proc import ServeProcess
 from kvpanel.settings import GPU_TIER
@@ -87,6 +88,9 @@ class RestartRecord:
     # makes the warm-up round no recompute) and just before the stop (its dropped writes).
     status_at_start: dict[str, Any] | None = None
     status_before_stop: dict[str, Any] | None = None
+    # The restarted server's status after its pre-warm, as the query round begins: the query
+    # round's own tier hits are the final counters minus these.
+    status_before_query: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -112,6 +116,7 @@ class ServerRestarter:
         log: TextIO | None = None,
     ) -> None:
         self.server = server
+        self._first = server
         self.ready_timeout_s = ready_timeout_s
         self.options = options
         self.api_key = api_key  # the user's, else each server's own token
@@ -127,6 +132,19 @@ class ServerRestarter:
                 f"warning: the tiers already hold {chunks} chunks at start (a previous run's "
                 "disk?): the warm-up round is not a pure recompute"
             )
+
+    def watch_progress(self, inner: ProgressCallback | None) -> ProgressCallback:
+        """``inner`` (may be None), plus: when the query round starts on the restarted server,
+        its status then. Called in the benchmark's event loop before the round's clock starts,
+        with no request in flight, so the wait for a fresh status line costs the round nothing."""
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase == QUERY and done == 0 and self.server is not self._first:
+                self.record.status_before_query = self.server.fresh_status()
+            if inner is not None:
+                inner(phase, done, total)
+
+        return progress
 
     def _say(self, text: str) -> None:
         print(f"[{self.label}] {text}", file=self.out, flush=True)
@@ -173,6 +191,13 @@ def _counts(status: Mapping[str, Any] | None, key: str) -> dict[str, int]:
     return {name: int(row.get(key) or 0) for name, row in _tier_rows(status).items()}
 
 
+def _delta(
+    end: Mapping[str, Any] | None, start: Mapping[str, Any] | None, key: str
+) -> dict[str, int]:
+    before = _counts(start, key)
+    return {name: n - before.get(name, 0) for name, n in _counts(end, key).items()}
+
+
 def _same_text(o: ModeOutcome) -> dict[str, int]:
     """Query-round answers equal to the warm-up answer of the same document (greedy decoding:
     KV that survived the restart must give the recomputed text). Forced misses are left out."""
@@ -205,8 +230,8 @@ def restart_summary(o: ModeOutcome) -> dict[str, Any]:
         "query_mean_ttft_s": q_ttft,
         "query_over_warmup_total": _ratio(q_total, w_total),
         "query_over_warmup_ttft": _ratio(q_ttft, w_ttft),
-        # The restarted server's counters start at 0: these are its pre-warm + query round's.
-        "hits_after_restart": _counts(o.last_status, "hits"),
+        # The restarted server's counters start at 0; its pre-warm's hits are taken off.
+        "query_round_hits": _delta(o.last_status, rec.status_before_query, "hits"),
         "dropped_before_restart": _counts(rec.status_before_stop, "dropped"),
         "dropped_after_restart": _counts(o.last_status, "dropped"),
         "chunks_at_start": _stored_chunks(rec.status_at_start),
@@ -228,7 +253,7 @@ def print_restart_table(
 ) -> None:
     out = file if file is not None else sys.stdout
     head = ["mode", "warmup total", "query total", "total q/w", "warmup TTFT", "query TTFT"]
-    head += ["TTFT q/w", "hits after restart", "dropped", "flushed", "same text"]
+    head += ["TTFT q/w", "query-round hits", "dropped", "flushed", "same text"]
     table = [head]
     notes = []
     for o, r in zip(outcomes, rows, strict=True):
@@ -247,7 +272,7 @@ def print_restart_table(
                 _cell(r["warmup_mean_ttft_s"]),
                 _cell(r["query_mean_ttft_s"]),
                 _cell(r["query_over_warmup_ttft"], "x"),
-                _tier_cell(r["hits_after_restart"]),
+                _tier_cell(r["query_round_hits"]),
                 _tier_cell(dropped),
                 _yes_no(r["flushed"]),
                 f"{r['same_text_as_warmup']['same']}/{r['same_text_as_warmup']['compared']}",

@@ -67,6 +67,9 @@ def test_each_mode_is_restarted_between_the_rounds(
         first, second = r["status_before_stop"], m["last_status"]
         assert first["pid"] != second["pid"]
         assert first["argv"] == second["argv"]
+        # Taken on the new server after its pre-warm, before the query round's requests.
+        assert r["status_before_query"]["pid"] == second["pid"]
+        assert r["status_before_query"]["requests"] == 5
         assert second["requests"] == 5 + 6  # pre-warm and query round (3 docs x 2): a new server
         result = m["result"]
         assert result["restarted_before_query"] is True
