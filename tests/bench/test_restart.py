@@ -128,3 +128,33 @@ def test_serve_command_passes_the_disk_tier_to_kvpanel_only() -> None:
         assert "--disk-path" not in serve_command(["k"], "m", offload, disk_path="/d")
     argv = serve_command(["k"], "m", "kvpanel", disk_path="/d", disk_cache_gb=40)
     assert argv[argv.index("--disk-path") + 1 :][:3] == ["/d", "--disk-cache-gb", "40"]
+
+
+def test_lmcache_retrieving_nothing_after_a_restart_is_the_finding_not_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Without --restart-before-query, no "Retrieved" line fails the lmcache mode; after a
+    # restart LMCache's CPU backend has nothing to retrieve, and that is what the run shows.
+    monkeypatch.delenv("FAKE_LMCACHE_RETRIEVED", raising=False)
+    out = tmp_path / "r.json"
+    rc = bench_main(
+        [
+            "long-doc-qa",
+            "--compare", "lmcache",
+            "--model", "tiny-llama",
+            "--serve-command", SERVE,
+            "--num-documents", "2",
+            "--document-length", "10",
+            "--output-len", "2",
+            "--ready-timeout", "60",
+            "--no-progress",
+            "--restart-before-query",
+            "--output", str(out),
+        ]
+    )  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    (m,) = json.loads(out.read_text())["modes"]
+    assert m["ok"] and not m["error"], m["error"]
+    assert m["lmcache_retrieval"]["log"] == str(tmp_path / "serve-lmcache-restarted.log")
+    assert m["lmcache_retrieval"]["retrieved_tokens"] == 0
+    assert m["restart"]["page_cache"]["requested"] is False
