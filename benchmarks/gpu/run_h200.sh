@@ -16,6 +16,16 @@
 #       TRACE=1 writes kvpanel's event trace (KVPANEL_TRACE) and prints handoff_trace.py's
 #       per-request view of it into NAME.txt (the trace itself goes into the logs' archive);
 #       PROBE=1 with it: benchmarks/gpu/probe_site traces vLLM's scheduler in every mode.
+#   run_h200.sh restart20b
+#       The restart benchmark (issue 17) on gpt-oss-20b, same workload and flags as compare20b:
+#       each mode's server runs the warm-up round, gets SIGTERM (kvpanel flushes its disk tier),
+#       the page cache is dropped, the server starts again with the same arguments on the same
+#       tiers and runs the query round (--restart-before-query --drop-page-cache). kvpanel gets
+#       a 40 GiB disk tier at DISK_PATH (default /var/tmp/kvpanel-restart-disk; emptied before
+#       the run so that the warm-up round is a recompute; refused on tmpfs). MODES defaults to
+#       vanilla,native,kvpanel; two engine starts per mode, so run one mode per device call
+#       (MODES=kvpanel, then native, then vanilla) to stay inside the 10-minute limit.
+#       DROP_PAGE_CACHE=0 keeps the page cache (the "files in the page cache" row).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/kvpanel-out}
@@ -80,8 +90,20 @@ for k in ("first", "second"):
         print(k, "tiers", json.dumps(r[k]["rounds"][-1]["tiers"]["cpu"]), json.dumps(r[k]["rounds"][-1]["tiers"]["disk"]))
 PY
     ;;
-  compare20b|compare120b)
-    if [ "$1" = compare20b ]; then M=$GPT_OSS_20B; KV=4294967296; else M=$GPT_OSS_120B; KV=8589934592; fi
+  compare20b|compare120b|restart20b)
+    if [ "$1" = compare120b ]; then M=$GPT_OSS_120B; KV=8589934592; else M=$GPT_OSS_20B; KV=4294967296; fi
+    RESTART_ARGS=()
+    if [ "$1" = restart20b ]; then
+      MODES=${MODES:-vanilla,native,kvpanel}
+      DISK=${DISK_PATH:-/var/tmp/kvpanel-restart-disk}
+      rm -rf "${DISK:?}" && mkdir -p "$DISK" || exit 1
+      FS=$(stat -f -c %T "$DISK")
+      case "$FS" in tmpfs|ramfs) echo "DISK_PATH $DISK is on $FS (memory), not a disk" >&2; exit 1 ;; esac
+      echo "disk tier: $DISK on $FS" | tee -a "$OUT/device.txt"
+      df -h "$DISK" | tee -a "$OUT/device.txt"
+      RESTART_ARGS=(--disk-path "$DISK" --disk-cache-gb 40 --restart-before-query)
+      [ "${DROP_PAGE_CACHE:-1}" = 1 ] && RESTART_ARGS+=(--drop-page-cache)
+    fi
     MODES=${MODES:-vanilla,native,lmcache,kvpanel}
     case ",$MODES," in *,lmcache,*) install_lmcache || exit 1 ;; esac
     EXTRA="${ENGINE_EXTRA:-}"
@@ -94,7 +116,9 @@ PY
       --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
       --completions --cpu-cache-gb 40 --kv-cache-memory "$KV" --query-rounds "${QUERY_ROUNDS:-1}" \
       --engine-args "--load-format dummy --max-model-len 32768 $EXTRA" \
+      ${RESTART_ARGS[@]+"${RESTART_ARGS[@]}"} \
       --no-progress ${BENCH_EXTRA:-} --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -40
+    [ "$1" = restart20b ] && rm -rf "${DISK:?}"  # up to 40 GiB of the machine's disk
     # Where each mode's start-up went (vLLM's own timing lines).
     grep -hE "took|takes|finished in|KV cache size|Maximum concurrency|pinned" \
       "$OUT"/serve-*.log 2>/dev/null | cut -c1-220 | head -40 \

@@ -175,7 +175,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for each server to be ready",
     )
     c.add_argument("--serve-command", default=None, help="default: kvpanel serve")
+    c.add_argument(
+        "--disk-path",
+        default=None,
+        metavar="DIR",
+        help="kvpanel mode only (the others have no disk tier): its disk tier directory",
+    )
+    c.add_argument(
+        "--disk-cache-gb",
+        type=float,
+        default=None,
+        help="kvpanel mode only: disk tier size in GiB (default: kvpanel serve's, 10 GiB)",
+    )
+
+    r = p.add_argument_group("restart (with --compare)")
+    r.add_argument(
+        "--restart-before-query",
+        action="store_true",
+        help="restart benchmark: after the warm-up round stop each mode's server (SIGTERM and "
+        "wait for it to exit; kvpanel flushes its tiers), start it again with the same "
+        "arguments on the same tiers (same --disk-path), then run the query round; the report "
+        "shows both rounds and the restart/recompute ratios (query round over warm-up round). "
+        "Needs --compare, since the bench must start the servers itself: --compare kvpanel "
+        "restarts one kvpanel server",
+    )
+    r.add_argument(
+        "--drop-page-cache",
+        action="store_true",
+        help="with --restart-before-query: while the server is down, sync and drop the OS page "
+        "cache (echo 3 > /proc/sys/vm/drop_caches), so the disk tier is read from the device; "
+        "needs root; where not permitted the run goes on and the report says NOT dropped",
+    )
+    r.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="with --restart-before-query: seconds a server may take to flush and exit "
+        "before it is killed",
+    )
     return p
+
+
+def check_restart_args(args: argparse.Namespace) -> str | None:
+    """The error line for restart/disk flags used where they cannot work, else None."""
+    if args.drop_page_cache and not args.restart_before_query:
+        return "--drop-page-cache needs --restart-before-query"
+    if not args.compare:
+        if args.restart_before_query:
+            return (
+                "--restart-before-query needs --compare: the bench restarts only servers it "
+                "started (--compare kvpanel for one kvpanel server)"
+            )
+        if args.disk_path or args.disk_cache_gb is not None:
+            return "--disk-path / --disk-cache-gb set the kvpanel mode's tier: use --compare"
+    if args.disk_cache_gb is not None and not args.disk_path:
+        return "--disk-cache-gb needs --disk-path"
+    if args.stop_timeout <= 0:
+        return "--stop-timeout must be > 0"
+    return None
 
 
 def params_from_args(args: argparse.Namespace) -> BenchParams:
@@ -256,6 +314,10 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
         params = params_from_args(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    restart_error = check_restart_args(args)
+    if restart_error:
+        print(f"error: {restart_error}", file=sys.stderr)
         return EXIT_BAD_ARGS
     if args.compare:
         from kvpanel.bench.compare import compare_main

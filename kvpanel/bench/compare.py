@@ -5,6 +5,7 @@ ready line, run the benchmark, SIGTERM it, then the next mode. A mode that fails
 native offloading on vLLM's CPU platform, or lmcache without the lmcache package) is recorded as
 failed with its last stderr line. The ``lmcache`` mode (LMCache's own connector) also counts as
 failed, numbers kept, unless its server log shows LMCache retrieving KV (bench.lmcache_check).
+With ``--restart-before-query`` each server is restarted between the rounds (bench.restart).
 
     ModeOutcome                     - one mode: ok / error, its BenchResult, the serve argv
     run_modes(params, modes, ...)   - run them in turn (programmatic use)
@@ -29,10 +30,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from kvpanel.bench.compare_table import print_table, summary_rows
 from kvpanel.bench.lmcache_check import retrieval_error, scan_log
 from kvpanel.bench.long_doc_qa import BenchCancelled, BenchError, BenchParams, run_benchmark
 from kvpanel.bench.report import ProgressPrinter, output_paths, write_csv, write_plot
-from kvpanel.bench.result import QUERY, WARMUP, BenchResult
+from kvpanel.bench.restart import (
+    RestartOptions,
+    RestartRecord,
+    ServerRestarter,
+    print_restart_table,
+    restart_summary,
+)
+from kvpanel.bench.result import BenchResult
 from kvpanel.bench.server_proc import (
     OFFLOAD_MODES,
     ServeFailed,
@@ -42,8 +51,6 @@ from kvpanel.bench.server_proc import (
     serve_env,
 )
 from kvpanel.redact import redact_argv
-
-BASELINE = "vanilla"
 
 
 @dataclass(slots=True)
@@ -62,6 +69,7 @@ class ModeOutcome:
     # Wall seconds of the mode's phases: server start until "ready", both rounds, stop. Where a
     # mode's time goes on a GPU (engine start, pinning the CPU tier, compiling) shows here.
     phases_s: dict[str, float] = field(default_factory=dict)
+    restart: RestartRecord | None = None  # --restart-before-query: how the restart went
 
     def stat(self, round_name: str, attr: str) -> float:
         if self.result is None or round_name not in self.result.rounds:
@@ -98,8 +106,12 @@ def run_modes(
     progress_cb: Callable[[str, int, int], None] | None = None,
     log_dir: Path | None = None,
     log: TextIO | None = None,
+    restart: RestartOptions | None = None,
 ) -> list[ModeOutcome]:
-    """Each mode in turn: serve, benchmark, stop. Never raises for one mode's failure."""
+    """Each mode in turn: serve, benchmark, stop. Never raises for one mode's failure.
+
+    With ``restart``, each server is stopped after the warm-up round and started again (same
+    argv, same tiers) for the query round (kvpanel.bench.restart)."""
     out = log if log is not None else sys.stderr
     outcomes = []
     for mode in modes:
@@ -121,10 +133,27 @@ def run_modes(
         t1 = time.perf_counter()
         outcome.phases_s["start"] = round(t1 - t0, 1)
         print(f"[{mode}] ready after {t1 - t0:.1f}s", file=out, flush=True)
+        restarter = None
+        if restart is not None:
+            restarter = ServerRestarter(
+                server,
+                ready_timeout_s,
+                restart,
+                params.api_key,
+                _restarted_log_path(log_path),
+                env,
+                mode,
+                out,
+            )
         try:
             assert server.url is not None
             mode_params = params if params.api_key else replace(params, api_key=server.token)
-            outcome.result = run_benchmark(mode_params, server.url, progress_cb=progress_cb)
+            mode_progress = (
+                progress_cb if restarter is None else restarter.watch_progress(progress_cb)
+            )
+            outcome.result = run_benchmark(
+                mode_params, server.url, progress_cb=mode_progress, restart=restarter
+            )
             failed = outcome.result.failed_requests
             outcome.ok = failed == 0
             if failed:
@@ -133,6 +162,9 @@ def run_modes(
         except (BenchError, ValueError) as exc:
             outcome.error = f"benchmark failed: {exc}"
         finally:
+            if restarter is not None:  # the server running now is the restarted one
+                server = restarter.server
+                outcome.restart = restarter.record
             # Status lines come every second: wait for one built after the round ended, or a
             # short query round's hits are missing from the mode's last status.
             outcome.last_status = server.fresh_status() if outcome.result else server.last_status
@@ -141,7 +173,7 @@ def run_modes(
             outcome.phases_s["bench"] = round(t2 - t1, 1)
             outcome.phases_s["stop"] = round(time.perf_counter() - t2, 1)
         if offload == "lmcache" and outcome.result is not None and log_path is not None:
-            _check_lmcache(outcome, log_path)
+            _check_lmcache(outcome, log_path, outcome.restart)
             lm = outcome.lmcache or {}
             print(
                 f"[{mode}] LMCache retrieved {lm.get('retrieved_tokens', 0)} tokens in "
@@ -167,8 +199,21 @@ def _log_path(mode: str, offload: str, log_dir: Path | None) -> Path | None:
     return Path(name)
 
 
-def _check_lmcache(outcome: ModeOutcome, log_path: Path) -> None:
-    """Fail the mode (numbers kept) unless its log shows LMCache retrieving KV."""
+def _restarted_log_path(log_path: Path | None) -> Path | None:
+    return None if log_path is None else log_path.with_name(f"{log_path.stem}-restarted.log")
+
+
+def _check_lmcache(
+    outcome: ModeOutcome, log_path: Path, restart: RestartRecord | None = None
+) -> None:
+    """Fail the mode (numbers kept) unless its log shows LMCache retrieving KV. After a restart
+    the restarted server's log is read and nothing retrieved is the finding, not a failure:
+    LMCache's CPU backend does not survive its process."""
+    if restart is not None:
+        if restart.log_path is not None:
+            scan = scan_log(Path(restart.log_path))
+            outcome.lmcache = {"log": restart.log_path, **scan.to_dict()}
+        return
     scan = scan_log(log_path)
     outcome.lmcache = {"log": str(log_path), **scan.to_dict()}
     error = retrieval_error(scan, log_path)
@@ -177,48 +222,8 @@ def _check_lmcache(outcome: ModeOutcome, log_path: Path) -> None:
         outcome.error = f"{outcome.error}; {error}" if outcome.error else error
 
 
-def _ratio(a: float, b: float) -> float:
-    if math.isnan(a) or math.isnan(b) or b <= 0:
-        return math.nan
-    return a / b
-
-
 def _json_num(x: float) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
-
-
-def summary_rows(outcomes: Sequence[ModeOutcome]) -> list[dict[str, Any]]:
-    """Per mode: warm-up / query mean TTFT, query total, and ratios to the vanilla mode."""
-    base = next((o for o in outcomes if o.mode in (BASELINE, "none") and o.result), None)
-    rows = []
-    for o in outcomes:
-        q_ttft, q_total = o.stat(QUERY, "mean_ttft_s"), o.stat(QUERY, "total_s")
-        b_ttft = base.stat(QUERY, "mean_ttft_s") if base else math.nan
-        b_total = base.stat(QUERY, "total_s") if base else math.nan
-        rows.append(
-            {
-                "mode": o.mode,
-                "offload": o.offload,
-                "ok": o.ok,
-                "error": o.error,
-                "warmup_mean_ttft_s": o.stat(WARMUP, "mean_ttft_s"),
-                "query_mean_ttft_s": q_ttft,
-                "query_ttft_p90_s": o.stat(QUERY, "ttft_p90_s"),
-                "query_total_s": q_total,
-                "ttft_gain": o.result.ttft_gain if o.result else math.nan,
-                "query_ttft_vs_vanilla": _ratio(q_ttft, b_ttft),
-                # vanilla's query-round mean TTFT / this mode's: > 1 means faster than vanilla
-                "query_ttft_gain_vs_vanilla": _ratio(b_ttft, q_ttft),
-                "query_total_vs_vanilla": _ratio(q_total, b_total),
-                # --query-rounds N: every round's figure and their means (round 1 is above)
-                "query_rounds": len(o.per_query_round("total_s")),
-                "query_mean_ttft_s_per_round": o.per_query_round("mean_ttft_s"),
-                "query_total_s_per_round": o.per_query_round("total_s"),
-                "query_mean_ttft_s_all_rounds": o.query_rounds_mean("mean_ttft_s"),
-                "query_total_s_all_rounds": o.query_rounds_mean("total_s"),
-            }
-        )
-    return rows
 
 
 def comparison_dict(
@@ -239,65 +244,27 @@ def comparison_dict(
         row["phases_s"] = o.phases_s
         if o.offload == "lmcache":
             row["lmcache_retrieval"] = o.lmcache
+        if o.restart is not None:
+            row["restart"] = _json_tree(restart_summary(o))
         row["result"] = o.result.to_dict() if o.result else None
     return {
         "benchmark": "long_doc_qa_compare",
         "model": model,
         "params": params.public_dict(),
+        "restart_before_query": any(o.restart is not None for o in outcomes),
         "modes": rows,
     }
 
 
-def _cell(x: float, unit: str = "s") -> str:
-    return "-" if math.isnan(x) else f"{x:.3f}{unit}"
-
-
-def print_table(outcomes: Sequence[ModeOutcome], file: TextIO | None = None) -> None:
-    out = file if file is not None else sys.stdout
-    head = ["mode", "status", "warmup TTFT", "query TTFT", "query total", "TTFT gain"]
-    head += ["TTFT/vanilla", "total/vanilla"]
-    summary = summary_rows(outcomes)
-    n_rounds = max((int(r["query_rounds"]) for r in summary), default=1)
-    if n_rounds > 1:  # --query-rounds: the means over every query round, after round 1's
-        head += [f"TTFT, {n_rounds} rounds", f"total, {n_rounds} rounds"]
-    rows: list[list[str]] = [head]
-    errors = []
-    gains = []
-    for r in summary:
-        if r["mode"] not in (BASELINE, "none") and not math.isnan(r["query_ttft_gain_vs_vanilla"]):
-            gains.append(
-                f"{r['mode']} query-round TTFT gain over vanilla: "
-                f"{r['query_ttft_gain_vs_vanilla']:.2f}x" + ("" if r["ok"] else " (mode failed)")
-            )
-        status = "ok" if r["ok"] else "failed"
-        if not r["ok"]:
-            errors.append(f"{r['mode']}: {r['error']}")
-        rows.append(
-            [
-                str(r["mode"]),
-                status,
-                _cell(r["warmup_mean_ttft_s"]),
-                _cell(r["query_mean_ttft_s"]),
-                _cell(r["query_total_s"]),
-                _cell(r["ttft_gain"], "x"),
-                _cell(r["query_ttft_vs_vanilla"], "x"),
-                _cell(r["query_total_vs_vanilla"], "x"),
-            ]
-        )
-        if n_rounds > 1:
-            rows[-1] += [
-                _cell(r["query_mean_ttft_s_all_rounds"]),
-                _cell(r["query_total_s_all_rounds"]),
-            ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    print("\n=== COMPARISON (long_doc_qa) ===", file=out)
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
-    for g in gains:
-        print(g, file=out)
-    for e in errors:
-        print(f"  {e}", file=out)
-    out.flush()
+def _json_tree(x: Any) -> Any:
+    """NaN and infinity (no JSON) become null, in nested dicts and lists too."""
+    if isinstance(x, float):
+        return _json_num(x)
+    if isinstance(x, dict):
+        return {k: _json_tree(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_json_tree(v) for v in x]
+    return x
 
 
 def compare_main(args: argparse.Namespace, params: BenchParams) -> int:
@@ -324,7 +291,13 @@ def compare_main(args: argparse.Namespace, params: BenchParams) -> int:
             cpu_cache_gb=args.cpu_cache_gb,
             kv_cache_memory=args.kv_cache_memory,
             num_gpu_blocks_override=args.num_gpu_blocks_override,
+            disk_path=args.disk_path,
+            disk_cache_gb=args.disk_cache_gb,
         )
+
+    restart = None
+    if args.restart_before_query:
+        restart = RestartOptions(args.drop_page_cache, stop_timeout_s=args.stop_timeout)
 
     json_path = Path(args.output) if args.output else None
     log_dir = json_path.parent if json_path else None
@@ -336,11 +309,15 @@ def compare_main(args: argparse.Namespace, params: BenchParams) -> int:
             return 2
     progress = None if args.no_progress else ProgressPrinter()
     try:
-        outcomes = run_modes(params, modes, build_argv, args.ready_timeout, progress, log_dir)
+        outcomes = run_modes(
+            params, modes, build_argv, args.ready_timeout, progress, log_dir, restart=restart
+        )
     except (KeyboardInterrupt, BenchCancelled):
         print("interrupted", file=sys.stderr)
         return 130
     print_table(outcomes)
+    if restart is not None:
+        print_restart_table(outcomes, [restart_summary(o) for o in outcomes])
     if json_path is not None:
         for o in outcomes:
             if o.result is None:

@@ -7,6 +7,7 @@ Phases, all with at most ``max_inflight_requests`` requests in flight:
     (sleep ``sleep_time_after_warmup`` seconds)
     query    - the documents again, ``repeat_count`` times each, in ``repeat_mode`` order,
                a share of them forced to miss by ``hit_miss_ratio``
+    (restart, optional: the caller's hook stops the server and starts it again)
     query2.. - with ``query_rounds`` > 1 (not in LMCache's benchmark): the query round again,
                round k shuffled with ``shuffle_seed + k - 1``; more samples per server start
 
@@ -51,6 +52,8 @@ from kvpanel.bench.result import (
 log = logging.getLogger("kvpanel.bench")
 
 ProgressCallback = Callable[[str, int, int], None]
+# Restarts the server between the rounds; returns (new base URL, API key for it).
+RestartHook = Callable[[], tuple[str, str | None]]
 PREWARM = "prewarm"
 
 
@@ -244,12 +247,25 @@ class _Runner:
                 raise outcome
         return records, elapsed, started_at
 
+    async def prewarm(self, token_ids: bool) -> None:
+        pre = wl.prewarm_prompts(token_ids)
+        recs, _, _ = await self.run_round(PREWARM, pre, [-1] * len(pre))
+        if not any(r.ok for r in recs):
+            raise BenchError(f"every pre-warm request failed: {recs[0].error}")
+
+    async def query_rounds(self, work: _Workload, result: BenchResult) -> None:
+        for q in work.queries:
+            recs, elapsed, at = await self.run_round(q.name, q.prompts, q.docs, q.forced)
+            result.records.extend(recs)
+            result.rounds[q.name] = RoundStats.from_records(q.name, elapsed, recs, at)
+
 
 async def run_benchmark_async(
     params: BenchParams,
     base_url: str,
     progress_cb: ProgressCallback | None = None,
     stop_event: threading.Event | None = None,
+    restart: RestartHook | None = None,
 ) -> BenchResult:
     """The benchmark in the running event loop (see the module docstring)."""
     params.validate()
@@ -278,13 +294,11 @@ async def run_benchmark_async(
             model=model,
             token_ids=token_ids,
             started_at=time.time(),
+            restarted_before_query=restart is not None,
         )
 
         if effective.prewarm:
-            pre = wl.prewarm_prompts(token_ids)
-            recs, _, _ = await runner.run_round(PREWARM, pre, [-1] * len(pre))
-            if not any(r.ok for r in recs):
-                raise BenchError(f"every pre-warm request failed: {recs[0].error}")
+            await runner.prewarm(token_ids)
 
         recs, elapsed, at = await runner.run_round(
             WARMUP, work.warmup, list(range(len(work.warmup)))
@@ -296,11 +310,23 @@ async def run_benchmark_async(
             runner._check_stop()
             await asyncio.sleep(effective.sleep_time_after_warmup)
 
-        for q in work.queries:
-            recs, elapsed, at = await runner.run_round(q.name, q.prompts, q.docs, q.forced)
-            result.records.extend(recs)
-            result.rounds[q.name] = RoundStats.from_records(q.name, elapsed, recs, at)
-        return result
+        if restart is None:
+            await runner.query_rounds(work, result)
+            return result
+    # The first client's connections point at the server the hook stops: a new client follows.
+    runner._check_stop()
+    try:
+        new_url, new_key = await asyncio.to_thread(restart)
+    except Exception as exc:
+        raise BenchError(f"restart before the query round failed: {exc}") from exc
+    result.restarted_base_url = new_url
+    async with make_client(new_url, new_key, conns, params.request_timeout_s) as client:
+        runner = _Runner(client, effective, model, chat, progress_cb, stop_event)
+        # The new server gets the same unmeasured wake-up as the first one had before its round.
+        if effective.prewarm:
+            await runner.prewarm(token_ids)
+        await runner.query_rounds(work, result)
+    return result
 
 
 def run_benchmark(
@@ -308,10 +334,15 @@ def run_benchmark(
     base_url: str,
     progress_cb: ProgressCallback | None = None,
     stop_event: threading.Event | None = None,
+    restart: RestartHook | None = None,
 ) -> BenchResult:
     """Run the benchmark to completion in a fresh event loop (call it from a thread without one).
 
-    Raises ValueError (bad params), BenchError (cannot run), BenchCancelled (stop_event set).
-    Individual failed requests do not raise: they are records with ``ok=False``.
+    ``restart`` (optional) is called, in a worker thread, between the warm-up and the query
+    round; it restarts the server and returns the new server's base URL and API key.
+
+    Raises ValueError (bad params), BenchError (cannot run, or the restart failed),
+    BenchCancelled (stop_event set). Individual failed requests do not raise: they are records
+    with ``ok=False``.
     """
-    return asyncio.run(run_benchmark_async(params, base_url, progress_cb, stop_event))
+    return asyncio.run(run_benchmark_async(params, base_url, progress_cb, stop_event, restart))

@@ -116,6 +116,10 @@ class BenchResult:
     rounds: dict[str, RoundStats] = field(default_factory=dict)
     records: list[RequestRecord] = field(default_factory=list)
     started_at: float = 0.0  # unix time
+    # The server was stopped and started again between the warm-up and the query round, so the
+    # query round can only hit what survived a restart (disk, Redis).
+    restarted_before_query: bool = False
+    restarted_base_url: str = ""
 
     @property
     def ttft_gain(self) -> float:
@@ -173,6 +177,8 @@ class BenchResult:
             "model": self.model,
             "token_ids": self.token_ids,
             "started_at": self.started_at,
+            "restarted_before_query": self.restarted_before_query,
+            "restarted_base_url": self.restarted_base_url,
             "rounds": {
                 k: {f: _json_float(x) if isinstance(x, float) else x for f, x in asdict(v).items()}
                 for k, v in self.rounds.items()
@@ -197,6 +203,8 @@ class BenchResult:
             rounds=rounds,
             records=[RequestRecord(**r) for r in data["records"]],
             started_at=float(data.get("started_at", 0.0)),
+            restarted_before_query=bool(data.get("restarted_before_query", False)),
+            restarted_base_url=str(data.get("restarted_base_url", "")),
         )
 
 

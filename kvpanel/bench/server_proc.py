@@ -11,6 +11,7 @@ status snapshots; its logs go to stderr; SIGTERM stops it (exit 0).
     serve_env(offload)             - the environment for one mode's server
     ServeProcess.start(argv, ...)  - start it and wait for "ready" (raises ServeFailed)
     ServeProcess.stop()            - SIGTERM, wait, SIGKILL the process group if it hangs
+    ServeProcess.stopped_event()   - the "stopped" line (did the tiers flush?)
 """
 
 from __future__ import annotations
@@ -65,12 +66,21 @@ def serve_command(
     cpu_cache_gb: float | None = None,
     kv_cache_memory: str | None = None,
     num_gpu_blocks_override: int | None = None,
+    disk_path: str | None = None,
+    disk_cache_gb: float | None = None,
 ) -> list[str]:
-    """argv of ``kvpanel serve MODEL --no-ui --port 0 --offload MODE --status-interval 1 ...``."""
+    """argv of ``kvpanel serve MODEL --no-ui --port 0 --offload MODE --status-interval 1 ...``.
+
+    The disk tier is kvpanel's alone: the other modes' servers refuse ``--disk-path``, so it is
+    passed to the ``kvpanel`` mode only."""
     argv = [*prefix, model, "--no-ui", "--port", "0", "--offload", offload]
     argv += ["--status-interval", "1"]
     if cpu_cache_gb is not None and offload != "none":
         argv += ["--cpu-cache-gb", f"{cpu_cache_gb:g}"]
+    if offload == "kvpanel" and disk_path is not None:
+        argv += ["--disk-path", disk_path]
+        if disk_cache_gb is not None:
+            argv += ["--disk-cache-gb", f"{disk_cache_gb:g}"]
     if kv_cache_memory is not None:
         argv += ["--kv-cache-memory-bytes", str(kv_cache_memory)]
     if num_gpu_blocks_override is not None:
@@ -231,6 +241,12 @@ class ServeProcess:
                 timeout=timeout_s,
             )
             return self.last_status
+
+    def stopped_event(self) -> dict[str, Any] | None:
+        """``{"event": "stopped", "flushed": bool}``, the line printed after the tiers' flush
+        on SIGTERM; None if the server printed none (killed, or not ``kvpanel serve``)."""
+        with self._status_seen:
+            return next((e for e in reversed(self.statuses) if e.get("event") == "stopped"), None)
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM, then SIGKILL to its process group after ``timeout_s``; the exit code."""

@@ -63,11 +63,18 @@ def main() -> int:
                     for _ in range(logged, len(server.requests)):
                         print(RETRIEVED_LINE.format(n=retrieved), file=sys.stderr, flush=True)
                     logged = len(server.requests)
-                status = {"event": "status", "argv": argv, "requests": len(server.requests)}
+                status = {
+                    "event": "status",
+                    "argv": argv,
+                    "pid": os.getpid(),
+                    "requests": len(server.requests),
+                }
                 if env is not None:
                     status["env"] = env
                 print(json.dumps(status), flush=True)
                 if stopping:
+                    # Like `kvpanel serve`: after SIGTERM, the flush's outcome, then exit 0.
+                    print(json.dumps({"event": "stopped", "flushed": True}), flush=True)
                     break
     finally:
         shutil.rmtree(state, ignore_errors=True)

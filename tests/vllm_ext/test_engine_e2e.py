@@ -86,7 +86,15 @@ def test_new_process_hits_from_disk(first_run, models, tmp_path):
     out = outputs(again, 0)[0]
     assert out["cached"] == 512
     assert again["rounds"][0]["tiers"]["disk"]["hits"] >= 2
+    # The first process recomputed P; the second, with every chunk from disk, answers the same.
+    assert outputs(result, 0)[0]["cached"] == 0
     same_generation(out, outputs(result, 0)[0])
+    # Nothing was dropped on the way to disk: the first process wrote both chunks, and neither
+    # process refused a write (a dropped chunk would be a silent miss after a restart).
+    first_disk = result["rounds"][-1]["tiers"]["disk"]
+    assert first_disk["dropped"] == 0 and first_disk["chunks"] == 2, first_disk
+    assert first_disk["errors"] == 0
+    assert again["rounds"][0]["tiers"]["disk"]["dropped"] == 0
 
 
 def test_corrupt_or_truncated_disk_files_are_misses_and_removed(first_run, models, tmp_path):
