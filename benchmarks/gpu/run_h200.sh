@@ -35,6 +35,12 @@ if [ ! -f /tmp/site/_vllm_bundle/env.sh ]; then
 fi
 source /tmp/site/_vllm_bundle/env.sh
 export PYTHONPATH=$PWD:$PYTHONPATH PYTHONUNBUFFERED=1
+# kvpanel's own C dependencies the device image lacks (xxhash, hiredis) travel as cp312 wheels
+# in .gpu/wheels (pip download --only-binary=:all: --python-version 3.12 --platform manylinux...).
+if [ -d .gpu/wheels ] && ! python -c "import xxhash" 2>/dev/null; then
+  pip install -q --no-index --no-deps --target /tmp/kv_wheels .gpu/wheels/*.whl || exit 1
+fi
+[ -d /tmp/kv_wheels ] && export PYTHONPATH=/tmp/kv_wheels:$PYTHONPATH
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python -c "import vllm, torch, triton; print('vllm', vllm.__version__, 'torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
 

@@ -308,7 +308,9 @@ def _serve(
         if opts.no_ui:
             _write_line(tee.stdout_fd, {"event": "flushing", "bytes_left": bytes_left})
 
-    flushed = hub.flush(progress=flushing)
+    # Generous: every queued chunk is still in RAM only; at disk speed (1-2 GB/s) even a
+    # 40 GiB CPU tier's worth is written in well under this.
+    flushed = hub.flush(timeout=300, progress=flushing)
     server.stop()
     if opts.no_ui:
         _write_line(tee.stdout_fd, {"event": "stopped", "flushed": flushed})
