@@ -11,7 +11,9 @@ Primitives:
   request's prompt from ``tier`` behind what that tier still has to read is expected to take
   longer than recomputing it behind the prompts the engine already has to recompute. Also the
   engine-side bookkeeping: ``note_computed(tokens)``, ``note_recompute(tokens_held)`` (a request
-  went to the engine), ``note_request_tokens(tokens)`` (prompt sizes, for the expectation).
+  went to the engine), ``note_request_tokens(tokens, chunks)`` (prompt sizes in tokens and in
+  chunks to load, for the expectation: a model with several KV groups has several chunks per
+  prompt position, a sliding-window group only the last few).
 
 Until a tier's read rate and the engine's rate have both been measured, everything is
 admitted: a decision needs measurements, and a cold start must not turn tiers off. A restart
@@ -115,6 +117,7 @@ class LoadPlanner:
         self.engine = PeakRate()
         self._lock = threading.Lock()
         self._prompt_tokens: float | None = None  # mean prompt size seen
+        self._chunks_per_token = 1.0 / chunk_tokens  # chunks to load per prompt token
         self._backlog_tokens = 0.0  # prompt tokens the engine still has to recompute (estimate)
         self._backlog_at = time.monotonic()
 
@@ -123,10 +126,14 @@ class LoadPlanner:
     def note_computed(self, tokens: int) -> None:
         self.engine.add(tokens)
 
-    def note_request_tokens(self, tokens: int) -> None:
+    def note_request_tokens(self, tokens: int, chunks: int | None = None) -> None:
+        if tokens <= 0:
+            return
         with self._lock:
             mean = self._prompt_tokens
             self._prompt_tokens = tokens if mean is None else 0.8 * mean + 0.2 * tokens
+            if chunks:
+                self._chunks_per_token = 0.8 * self._chunks_per_token + 0.2 * chunks / tokens
 
     def note_recompute(self, tokens_held: int = 0) -> None:
         """A request goes to the engine (a miss or a skipped hit) with ``tokens_held`` of its
@@ -154,7 +161,7 @@ class LoadPlanner:
                 return True  # nothing measured yet
             self._drain()
             engine_backlog = self._backlog_tokens
-        prompt_bytes = prompt / self._chunk_tokens * self._chunk_bytes
+            prompt_bytes = prompt * self._chunks_per_token * self._chunk_bytes
         load_s = (backlog_bytes + prompt_bytes) / read_rate
         recompute_s = (engine_backlog + prompt) / engine_rate
         return load_s <= recompute_s
@@ -165,8 +172,12 @@ class LoadPlanner:
         # The engine's figures only: a tier's read speed depends on what the page cache holds
         # at the time, so the next process measures it afresh (the disk probe).
         with self._lock:
-            prompt = self._prompt_tokens
-        rates = {"engine_tokens_per_s": self.engine.rate, "prompt_tokens": prompt}
+            prompt, per_token = self._prompt_tokens, self._chunks_per_token
+        rates = {
+            "engine_tokens_per_s": self.engine.rate,
+            "prompt_tokens": prompt,
+            "chunks_per_token": per_token,
+        }
         return json.dumps({k: v for k, v in rates.items() if v})
 
     def seed_from_json(self, text: str | bytes) -> None:
@@ -188,10 +199,12 @@ class LoadPlanner:
 
         if (rate := num("engine_tokens_per_s")) is not None:
             self.engine.seed(rate)
-        if (tokens := num("prompt_tokens")) is not None:
-            with self._lock:
-                if self._prompt_tokens is None:
-                    self._prompt_tokens = tokens
+        tokens, per_token = num("prompt_tokens"), num("chunks_per_token")
+        with self._lock:
+            if tokens is not None and self._prompt_tokens is None:
+                self._prompt_tokens = tokens
+            if per_token is not None and per_token <= 1.0:  # at most a chunk per token
+                self._chunks_per_token = per_token
 
     def snapshot(self) -> dict[str, float | None]:
         with self._lock:

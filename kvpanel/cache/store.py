@@ -343,7 +343,10 @@ class TieredStore:
                 return False
             time.sleep(0.001)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return self._write_behind.flush(left, progress)
+        flushed = self._write_behind.flush(left, progress)
+        if flushed and self.disk is not None:  # a server may be stopped without close()
+            self.disk.write_note(_PLANNER_NOTE, self.planner.to_json().encode())
+        return flushed
 
     def pending_write_bytes(self) -> int:
         return self._write_behind.pending_bytes()

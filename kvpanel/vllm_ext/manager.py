@@ -58,6 +58,8 @@ _KEY_CACHE = 1 << 16
 class _Request:
     seen: set[ChunkKey] = field(default_factory=set)  # chunks already counted
     blocks: set[bytes] = field(default_factory=set)  # prompt positions hit or stored
+    held: set[ChunkKey] = field(default_factory=set)  # chunks the tiers had for it
+    stored: int = 0  # chunks the engine computed and stored for it
     plan: dict[str, bool] = field(default_factory=dict)  # load-or-recompute, per tier
     went_to_engine: bool = False
 
@@ -107,6 +109,7 @@ class KvpanelManager(OffloadingManager):
                 self._planner.note_recompute(len(info.blocks) * self.fingerprint.chunk_tokens)
         else:
             info.blocks.add(_position(key))
+            info.held.add(ck)
         return _LOOKUP[state]
 
     def prepare_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> LoadStoreSpec:
@@ -144,11 +147,16 @@ class KvpanelManager(OffloadingManager):
         info = self._requests.get(req_context.req_id)
         if info is not None:
             info.blocks |= positions
+            info.stored += len(keys)
 
     def on_request_finished(self, req_context: ReqContext) -> None:
         info = self._requests.pop(req_context.req_id, None)
         if info is not None and info.blocks:
-            self._planner.note_request_tokens(len(info.blocks) * self.fingerprint.chunk_tokens)
+            # What a load of this prompt reads: the chunks that were held for it, or what a
+            # recompute stored (every group's chunks) when nothing was.
+            chunks = len(info.held) if info.held else info.stored
+            tokens = len(info.blocks) * self.fingerprint.chunk_tokens
+            self._planner.note_request_tokens(tokens, chunks)
 
     def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
         return RequestOffloadingContext()
