@@ -7,9 +7,12 @@ Primitives:
   promotion threads), as work done over the time it had work (not wall time), smoothed.
 - ``PeakRate``: the engine's recompute rate in tokens/s, the best 2 s window recently seen
   (the engine is not always busy, and an idle engine's throughput says nothing about its speed).
-- ``LoadPlanner``: per request, once, ``admit(tier, backlog_bytes)``: True unless loading the
-  request's prompt from ``tier`` behind what that tier still has to read is expected to take
-  longer than recomputing it behind the prompts the engine already has to recompute. Also the
+- ``RequestPlan``: one request's decisions: per tier, the prompt position from which its chunks
+  are recomputed rather than loaded (its prefix up to there is loaded: both at once).
+- ``LoadPlanner``: per chunk of a request's prompt, in order, ``admit(tier, backlog_bytes,
+  prefix_tokens)``: True unless loading it from ``tier`` behind what that tier still has to read
+  is expected to take longer than recomputing the prefix up to it behind the prompts the engine
+  already has to recompute. Also the
   engine-side bookkeeping: ``note_computed(tokens)``, ``note_recompute(tokens_held)`` (a request
   went to the engine), ``note_request_tokens(tokens, chunks)`` (prompt sizes in tokens and in
   chunks to load, for the expectation: a model with several KV groups has several chunks per
@@ -24,9 +27,13 @@ disk tier's files) and a short read probe of the disk tier (``TieredStore``).
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+
+log = logging.getLogger("kvpanel")
 
 
 class BusyRate:
@@ -109,6 +116,25 @@ class PeakRate:
         self._units = 0.0
 
 
+class RequestPlan:
+    """Where a request stops loading from each tier: chunks at or past the cutoff position are
+    recomputed. Sticky, so every later poll and every KV group gets the same answer."""
+
+    __slots__ = ("cutoff",)
+
+    def __init__(self) -> None:
+        self.cutoff: dict[str, int] = {}
+
+    def decide(self, tier: str, position: int, admit: Callable[[], bool]) -> bool:
+        cut = self.cutoff.get(tier)
+        if cut is not None:
+            return position < cut
+        if admit():
+            return True
+        self.cutoff[tier] = position
+        return False
+
+
 class LoadPlanner:
     def __init__(self, chunk_bytes: int, chunk_tokens: int) -> None:
         self._chunk_bytes = chunk_bytes
@@ -120,6 +146,7 @@ class LoadPlanner:
         self._chunks_per_token = 1.0 / chunk_tokens  # chunks to load per prompt token
         self._backlog_tokens = 0.0  # prompt tokens the engine still has to recompute (estimate)
         self._backlog_at = time.monotonic()
+        self._next_log = 0.0
 
     # ----- engine side ------------------------------------------------------------------------
 
@@ -152,19 +179,42 @@ class LoadPlanner:
 
     # ----- the decision -----------------------------------------------------------------------
 
-    def admit(self, tier: str, backlog_bytes: int) -> bool:
+    def admit(self, tier: str, backlog_bytes: int, prefix_tokens: int) -> bool:
+        """Load the chunk that ends ``prefix_tokens`` into a request's prompt from ``tier``?
+
+        Yes if the tier, reading what it already has queued (``backlog_bytes``, this request's
+        earlier chunks among them) and then this chunk, delivers it before the engine, working
+        off the prompts it already has to recompute, could have recomputed the prefix up to it.
+        """
         read_rate = self.reads[tier].rate
         engine_rate = self.engine.rate
+        if read_rate is None or engine_rate is None:
+            return True  # nothing measured yet
         with self._lock:
-            prompt = self._prompt_tokens
-            if read_rate is None or engine_rate is None or prompt is None:
-                return True  # nothing measured yet
             self._drain()
             engine_backlog = self._backlog_tokens
-            prompt_bytes = prompt * self._chunks_per_token * self._chunk_bytes
-        load_s = (backlog_bytes + prompt_bytes) / read_rate
-        recompute_s = (engine_backlog + prompt) / engine_rate
-        return load_s <= recompute_s
+            # One position of prompt: a chunk per KV group that a load reads.
+            position_bytes = self._chunks_per_token * self._chunk_tokens * self._chunk_bytes
+        load_s = (backlog_bytes + position_bytes) / read_rate
+        recompute_s = (engine_backlog + prefix_tokens) / engine_rate
+        if load_s <= recompute_s:
+            return True
+        now = time.monotonic()
+        if now >= self._next_log:  # what it decided on, where an operator can see it
+            self._next_log = now + 5.0
+            log.info(
+                "kvpanel planner: recomputing from token %d instead of loading from %s "
+                "(%.2f GB/s, %.0f MB queued: %.3f s; engine %.0f tokens/s, %.0f queued: %.3f s)",
+                prefix_tokens - self._chunk_tokens,
+                tier,
+                read_rate / 1e9,
+                backlog_bytes / 1e6,
+                load_s,
+                engine_rate,
+                engine_backlog,
+                recompute_s,
+            )
+        return False
 
     # ----- what the next process may start from ---------------------------------------------
 

@@ -42,7 +42,7 @@ from kvpanel.cache.buffers import copy_into
 from kvpanel.cache.cpu_tier import CpuTier, Reservation
 from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.keys import ChunkKey, Fingerprint
-from kvpanel.cache.load_planner import LoadPlanner
+from kvpanel.cache.load_planner import LoadPlanner, RequestPlan
 from kvpanel.cache.promoter import Promotion, PromotionPool
 from kvpanel.cache.secret import CacheSecret
 from kvpanel.cache.stats import TierStats, TransferTotals
@@ -142,15 +142,19 @@ class TieredStore:
     # ----- lookups ----------------------------------------------------------------------------
 
     def lookup(
-        self, key: ChunkKey, count: bool = True, plan: dict[str, bool] | None = None
+        self,
+        key: ChunkKey,
+        count: bool = True,
+        plan: RequestPlan | None = None,
+        position: int = 0,
     ) -> LookupState:
         """HIT (in CPU), PENDING (being promoted from disk/Redis), or MISS. ``count=False``:
         answer without counting, for a caller that asks again about the same request.
 
-        ``plan``: the request's load-or-recompute decisions per tier (``{}`` for a new
-        request, filled in here on first need, the same dict on every later call): a chunk
-        held in a tier the planner turned down for this request is a MISS (``skipped_slow``).
-        Without it every held chunk is offered."""
+        ``plan``, ``position``: the request's load-or-recompute decisions (the same object on
+        every call for one request) and the chunk's index in its prompt: a chunk held in a tier
+        at or past the position where the planner turned that tier down for this request is a
+        MISS (``skipped_slow``). Without a plan every held chunk is offered."""
         with self._lock:
             self._give_up_overdue()
             if key in self._given_up:
@@ -166,7 +170,7 @@ class TieredStore:
                 and len(self._given_up) < self._stalled_after  # else a miss, no slot pinned
                 and self.disk.contains(key)
             ):
-                if not self._admitted("disk", plan):
+                if not self._admitted("disk", plan, position):
                     if count:
                         self.disk.count_skipped_slow()
                     return LookupState.MISS
@@ -186,15 +190,17 @@ class TieredStore:
             self._pending[key] = self._fetcher.submit(self._fetch_remote, key)
             return LookupState.PENDING
 
-    def _admitted(self, tier: str, plan: dict[str, bool] | None) -> bool:
-        # Called with the store lock held; decided once per request and tier.
+    def _admitted(self, tier: str, plan: RequestPlan | None, position: int) -> bool:
+        # Called with the store lock held.
         if plan is None:
             return True
-        ok = plan.get(tier)
-        if ok is None:
+
+        def admit() -> bool:
             backlog = sum(1 for j in self._pending.values() if isinstance(j, Promotion))
-            ok = plan[tier] = self.planner.admit(tier, backlog * self.cpu.slot_bytes)
-        return ok
+            prefix_tokens = (position + 1) * self.fingerprint.chunk_tokens
+            return self.planner.admit(tier, backlog * self.cpu.slot_bytes, prefix_tokens)
+
+        return plan.decide(tier, position, admit)
 
     def has_pending(self) -> bool:
         """Work the engine should keep stepping for (promotions given up on are not)."""

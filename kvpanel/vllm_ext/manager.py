@@ -21,6 +21,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from kvpanel.cache.keys import ChunkKey, Fingerprint, chunk_key
+from kvpanel.cache.load_planner import RequestPlan
 from kvpanel.cache.store import LookupState, TieredStore
 from kvpanel.vllm_ext import trace
 from kvpanel.vllm_ext.compat import (
@@ -58,9 +59,10 @@ _KEY_CACHE = 1 << 16
 class _Request:
     seen: set[ChunkKey] = field(default_factory=set)  # chunks already counted
     blocks: set[bytes] = field(default_factory=set)  # prompt positions hit or stored
+    positions: dict[bytes, int] = field(default_factory=dict)  # block hash -> index, as asked
     held: set[ChunkKey] = field(default_factory=set)  # chunks the tiers had for it
     stored: int = 0  # chunks the engine computed and stored for it
-    plan: dict[str, bool] = field(default_factory=dict)  # load-or-recompute, per tier
+    plan: RequestPlan = field(default_factory=RequestPlan)  # load or recompute, per tier
     went_to_engine: bool = False
 
 
@@ -100,7 +102,10 @@ class KvpanelManager(OffloadingManager):
     def lookup(self, key: OffloadKey, req_context: ReqContext) -> LookupResult:
         ck = self._key(key)
         info = self._request(req_context.req_id)
-        state = self.store.lookup(ck, count=ck not in info.seen, plan=info.plan)
+        # vLLM asks a request's chunks in prompt order (the first KV group's scan comes first),
+        # so the order of first asking is the prompt position, shared by every group.
+        position = info.positions.setdefault(_position(key), len(info.positions))
+        state = self.store.lookup(ck, count=ck not in info.seen, plan=info.plan, position=position)
         if state is not LookupState.PENDING:  # a promoted chunk counts once more, as a CPU hit
             info.seen.add(ck)
         if state is LookupState.MISS:

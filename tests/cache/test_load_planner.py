@@ -8,7 +8,7 @@ import pytest
 from conftest import CHUNK_BYTES, key, payload
 
 from kvpanel.cache.keys import Fingerprint
-from kvpanel.cache.load_planner import BusyRate, LoadPlanner, PeakRate
+from kvpanel.cache.load_planner import BusyRate, LoadPlanner, PeakRate, RequestPlan
 from kvpanel.cache.store import LookupState, TieredStore
 
 TOKENS = 16  # the cache tests' chunk_tokens
@@ -51,30 +51,44 @@ def planner(read_bps: float, engine_tps: float, prompt: int = 4 * TOKENS) -> Loa
 
 def test_nothing_measured_admits() -> None:
     p = LoadPlanner(CHUNK_BYTES, TOKENS)
-    assert p.admit("disk", backlog_bytes=10**12)
+    assert p.admit("disk", backlog_bytes=10**12, prefix_tokens=TOKENS)
     p.engine.seed(1e9)
-    assert p.admit("disk", backlog_bytes=10**12)  # the tier is not measured yet
+    assert p.admit("disk", backlog_bytes=10**12, prefix_tokens=TOKENS)  # tier not measured
 
 
 def test_slow_tier_skipped_fast_tier_used() -> None:
-    # 4 chunks of 4 KiB: 16 KiB to read, 64 tokens to recompute.
-    assert not planner(read_bps=1e3, engine_tps=1e3).admit("disk", 0)  # 16 s vs 64 ms
-    assert planner(read_bps=1e9, engine_tps=1e3).admit("disk", 0)  # 16 us vs 64 ms
+    # One chunk: 4 KiB to read or 16 tokens to recompute.
+    assert not planner(read_bps=1e3, engine_tps=1e3).admit("disk", 0, TOKENS)  # 4 s vs 16 ms
+    assert planner(read_bps=1e9, engine_tps=1e3).admit("disk", 0, TOKENS)  # 4 us vs 16 ms
 
 
 def test_split_between_tier_and_engine_under_load() -> None:
-    """Tier and engine equally fast: a burst of requests alternates between them, each
-    recompute joining the engine's backlog, each load the tier's."""
+    """Tier and engine equally fast, a burst of 4-chunk requests: the planner sends some to the
+    tier and some to the engine (each recompute joins the engine's backlog), never all to one."""
     p = planner(read_bps=CHUNK_BYTES / TOKENS * 1000, engine_tps=1000)
     backlog = 0
-    loads = 0
+    loaded = 0
     for _ in range(10):
-        if p.admit("disk", backlog):
-            backlog += 4 * CHUNK_BYTES
-            loads += 1
-        else:
-            p.note_recompute()
-    assert 4 <= loads <= 6
+        plan = RequestPlan()
+        for pos in range(4):
+
+            def admit(pos: int = pos, backlog: int = backlog) -> bool:
+                return p.admit("disk", backlog, (pos + 1) * TOKENS)
+
+            if not plan.decide("disk", pos, admit):
+                p.note_recompute(pos * TOKENS)
+                break
+            backlog += CHUNK_BYTES
+            loaded += 1
+    assert 12 <= loaded <= 28  # of 40 chunks
+
+
+def test_request_plan_is_sticky() -> None:
+    plan = RequestPlan()
+    assert plan.decide("disk", 0, lambda: True) and plan.decide("disk", 1, lambda: True)
+    assert not plan.decide("disk", 2, lambda: False)
+    # Asked again (later polls, other KV groups): before the cutoff loaded, from it recomputed.
+    assert plan.decide("disk", 1, lambda: False) and not plan.decide("disk", 3, lambda: True)
 
 
 @pytest.mark.parametrize(
@@ -114,13 +128,13 @@ def fill_disk(tmp_path: Path, fp: Fingerprint, n: int) -> None:
         assert s.flush(10)
 
 
-def wait_done(store: TieredStore, k: object, plan: dict[str, bool]) -> LookupState:
+def wait_done(store: TieredStore, k: object, plan: RequestPlan, pos: int) -> LookupState:
     deadline = time.monotonic() + 10
-    state = store.lookup(k, plan=plan)  # type: ignore[arg-type]
+    state = store.lookup(k, plan=plan, position=pos)  # type: ignore[arg-type]
     while state is LookupState.PENDING:  # polls, as vLLM's are, count nothing more
         assert time.monotonic() < deadline
         time.sleep(0.005)
-        state = store.lookup(k, count=False, plan=plan)  # type: ignore[arg-type]
+        state = store.lookup(k, count=False, plan=plan, position=pos)  # type: ignore[arg-type]
     return state
 
 
@@ -128,9 +142,9 @@ def wait_done(store: TieredStore, k: object, plan: dict[str, bool]) -> LookupSta
 def test_store_skips_a_slow_disk_uses_a_fast_one(
     tmp_path: Path, fp: Fingerprint, read_delay_s: float
 ) -> None:
-    """A disk made slow on purpose (each read sleeps) is measured by the first request's
-    promotions; the next request's chunks are then recomputed (skipped_slow), not loaded.
-    The same disk without the delay keeps serving."""
+    """A disk made slow on purpose (each read sleeps) is measured by a first promotion; the
+    next request's chunks are then recomputed (skipped_slow), not loaded. The same disk
+    without the delay keeps serving."""
     fill_disk(tmp_path, fp, 8)
     with TieredStore(fp, cpu_bytes=8 * CHUNK_BYTES, disk_path=tmp_path, disk_bytes=1 << 20) as s:
         assert s.disk is not None
@@ -147,11 +161,10 @@ def test_store_skips_a_slow_disk_uses_a_fast_one(
             time.sleep(0.01)
         s.planner.reads["disk"] = BusyRate()  # forget the probe's figure: time these reads
         s.planner.engine.seed(1000.0)  # recomputing a 4-chunk prompt takes 64 ms
-        s.planner.note_request_tokens(4 * TOKENS)
-        first: dict[str, bool] = {}
-        assert all(wait_done(s, key(i), first) is LookupState.HIT for i in range(4))
-        second: dict[str, bool] = {}
-        states = [wait_done(s, key(i), second) for i in range(4, 8)]
+        # A first request's first chunk: nothing measured yet, loaded, and timed.
+        assert wait_done(s, key(0), RequestPlan(), 0) is LookupState.HIT
+        second = RequestPlan()
+        states = [wait_done(s, key(4 + i), second, i) for i in range(4)]
         stats = s.stats()["disk"]
         if read_delay_s:
             assert states == [LookupState.MISS] * 4 and stats.skipped_slow == 4
