@@ -35,29 +35,36 @@ from collections.abc import Callable
 
 log = logging.getLogger("kvpanel")
 
+# Busy time a measured rate must span (reads of one 6-12 MB chunk take ~5-10 ms).
+_MIN_SAMPLE_S = 0.05
+
 
 class BusyRate:
-    """Units per second of busy time, as an exponentially weighted mean of finished jobs."""
+    """Units per second of busy time: units and busy seconds both summed with exponential
+    forgetting (``weight`` per finished job), so jobs that finish together add their units to
+    the same busy time instead of reading as units over microseconds."""
 
     def __init__(self, weight: float = 0.2) -> None:
-        self._weight = weight
+        self._keep = 1.0 - weight
         self._lock = threading.Lock()
         self._active = 0
         self._busy_since = 0.0
-        self._busy_s = 0.0  # busy time since the last finished job
         self._units = 0.0
-        self._rate: float | None = None
+        self._busy_s = 0.0
+        self._seeded: float | None = None
 
     @property
     def rate(self) -> float | None:
         with self._lock:
-            return self._rate
+            if self._busy_s >= _MIN_SAMPLE_S and self._units > 0:
+                return self._units / self._busy_s
+            return self._seeded
 
     def seed(self, rate: float) -> None:
-        """A measurement from elsewhere (a probe, the previous run), until jobs replace it."""
+        """A measurement from elsewhere (a probe), until enough jobs replace it."""
         with self._lock:
-            if self._rate is None and rate > 0:
-                self._rate = rate
+            if self._seeded is None and rate > 0:
+                self._seeded = rate
 
     def start(self) -> None:
         with self._lock:
@@ -68,17 +75,11 @@ class BusyRate:
     def finish(self, units: float) -> None:
         with self._lock:
             now = time.monotonic()
-            self._busy_s += now - self._busy_since
+            busy = now - self._busy_since if self._active else 0.0
             self._busy_since = now
             self._active = max(0, self._active - 1)
-            self._units += units
-            if self._busy_s <= 0 or self._units <= 0:
-                return
-            rate = self._units / self._busy_s
-            self._units = 0.0
-            self._busy_s = 0.0
-            w = self._weight
-            self._rate = rate if self._rate is None else (1 - w) * self._rate + w * rate
+            self._units = self._keep * self._units + units
+            self._busy_s = self._keep * self._busy_s + busy
 
 
 class PeakRate:
@@ -143,7 +144,10 @@ class LoadPlanner:
         self.engine = PeakRate()
         self._lock = threading.Lock()
         self._prompt_tokens: float | None = None  # mean prompt size seen
-        self._chunks_per_token = 1.0 / chunk_tokens  # chunks to load per prompt token
+        # Chunks a load reads per prompt token: one per position until loads are seen (a
+        # recompute stores every KV group's chunks, a load of a sliding-window group reads only
+        # the last few, so only loads can tell).
+        self._chunks_per_token = 1.0 / chunk_tokens
         self._backlog_tokens = 0.0  # prompt tokens the engine still has to recompute (estimate)
         self._backlog_at = time.monotonic()
         self._next_log = 0.0

@@ -61,7 +61,6 @@ class _Request:
     blocks: set[bytes] = field(default_factory=set)  # prompt positions hit or stored
     positions: dict[bytes, int] = field(default_factory=dict)  # block hash -> index, as asked
     held: set[ChunkKey] = field(default_factory=set)  # chunks the tiers had for it
-    stored: int = 0  # chunks the engine computed and stored for it
     plan: RequestPlan = field(default_factory=RequestPlan)  # load or recompute, per tier
     went_to_engine: bool = False
 
@@ -152,16 +151,14 @@ class KvpanelManager(OffloadingManager):
         info = self._requests.get(req_context.req_id)
         if info is not None:
             info.blocks |= positions
-            info.stored += len(keys)
 
     def on_request_finished(self, req_context: ReqContext) -> None:
         info = self._requests.pop(req_context.req_id, None)
         if info is not None and info.blocks:
-            # What a load of this prompt reads: the chunks that were held for it, or what a
-            # recompute stored (every group's chunks) when nothing was.
-            chunks = len(info.held) if info.held else info.stored
+            # What a load of this prompt reads: known only from a request that was served from
+            # the tiers (a recompute stores every KV group's chunks, a load reads fewer).
             tokens = len(info.blocks) * self.fingerprint.chunk_tokens
-            self._planner.note_request_tokens(tokens, chunks)
+            self._planner.note_request_tokens(tokens, len(info.held) or None)
 
     def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
         return RequestOffloadingContext()

@@ -16,7 +16,7 @@ TOKENS = 16  # the cache tests' chunk_tokens
 
 def test_busy_rate_counts_parallel_jobs_once() -> None:
     """Four jobs of 0.1 s side by side: 4 units in ~0.1 s of busy time, not in 0.4 s."""
-    meter = BusyRate(weight=1.0)
+    meter = BusyRate()
 
     def job() -> None:
         meter.start()
@@ -170,3 +170,14 @@ def test_store_skips_a_slow_disk_uses_a_fast_one(
             assert states == [LookupState.MISS] * 4 and stats.skipped_slow == 4
         else:
             assert states == [LookupState.HIT] * 4 and stats.skipped_slow == 0
+
+
+def test_busy_rate_ignores_jobs_finishing_together() -> None:
+    """Two jobs that end microseconds apart: 200 units over ~0.1 s, not 100 over microseconds."""
+    meter = BusyRate(weight=0.2)
+    meter.start()
+    meter.start()
+    time.sleep(0.1)
+    meter.finish(100)
+    meter.finish(100)  # right after: its own busy time is ~0
+    assert meter.rate is not None and 1000 < meter.rate < 2500  # exact: 2000
