@@ -1,6 +1,6 @@
 """Running ``kvpanel serve`` as a subprocess for a benchmark: start, wait for ready, stop.
 
-The serve command prints JSON lines on stdout, the first being
+The serve command prints JSON lines on stdout: startup phases, then
 ``{"event": "ready", "url": "http://127.0.0.1:PORT", "token_file": "/path"}`` once the OpenAI
 server accepts requests (the control token is read from that file: it is never printed), then
 status snapshots; its logs go to stderr; SIGTERM stops it (exit 0).

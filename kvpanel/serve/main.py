@@ -2,8 +2,10 @@
 
 Order matters: options are validated (exit 2, one line) before anything is created or vLLM is
 imported; then fds 1/2 are captured (LogTee) so vLLM and its children never write over the
-panel or the JSON lines; then the engine starts in a background thread while the main thread
-handles signals and either prints a status line per interval (``--no-ui``) or runs the panel.
+panel or the JSON lines; then vLLM's flags are parsed and the API port bound (serve.preflight:
+exit 2, one line, before the model loads); then the engine starts in a background thread while
+the startup phases are reported (serve.startup) and the main thread handles signals and either
+prints a status line per interval (``--no-ui``) or runs the panel.
 Shutdown (SIGTERM/SIGINT or quitting the panel): flush the tiers (queued disk writes land),
 stop HTTP, stop the engine, exit 0.
 """
@@ -19,17 +21,23 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from importlib.metadata import version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvpanel.redact import display_url
 from kvpanel.serve.auth import ensure_token
 from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.logtee import LogTee
-from kvpanel.serve.options import ServeOptions, parse_serve_args
+from kvpanel.serve.options import ServeError, ServeOptions, parse_serve_args
+from kvpanel.serve.preflight import check_model_path
+from kvpanel.serve.startup import StartupPhases, StartupReporter, TtyProgress
 from kvpanel.serve.state_dir import ControlSocket, control_socket
 from kvpanel.settings import ConfigError, cache_secret_from_env
+
+if TYPE_CHECKING:
+    from kvpanel.serve.server import EngineServer
 
 log = logging.getLogger("kvpanel")
 
@@ -174,9 +182,44 @@ def _run_panel(
         backend.close()
 
 
+def _phase_line(fd: int) -> Callable[[str, float], None]:
+    def write(name: str, elapsed_s: float) -> None:
+        _write_line(fd, {"event": "phase", "phase": name, "elapsed_s": elapsed_s})
+
+    return write
+
+
+def _engine_server(
+    opts: ServeOptions,
+    model: str,
+    kv_config: dict[str, Any] | None,
+    hub: StatusHub,
+    token: str,
+    phases: StartupPhases,
+) -> EngineServer:
+    """The engine's server, its flags parsed and its ports bound; ServeError if either fails."""
+    from kvpanel.serve.preflight import listen_socket, parse_vllm_args
+    from kvpanel.serve.server import EngineServer, vllm_argv
+
+    args = parse_vllm_args(vllm_argv(opts, model, kv_config))
+    api_sock = listen_socket(args.host or "127.0.0.1", args.port)
+    control_sock = None
+    if opts.control_port is not None:
+        try:
+            host = opts.control_host or "127.0.0.1"
+            control_sock = listen_socket(host, opts.control_port, "--control-host")
+        except ServeError:
+            api_sock.close()
+            raise
+    return EngineServer(opts, hub, token, args, api_sock, control_sock, phases)
+
+
 def serve_main(argv: list[str]) -> int:
+    t0 = time.monotonic()  # startup phases count from here
     try:
         opts = parse_serve_args(argv)
+        if opts.model is not None:
+            check_model_path(opts.model)
     except ConfigError as e:
         print(f"kvpanel serve: error: {e}", file=sys.stderr)
         return 2
@@ -222,7 +265,7 @@ def serve_main(argv: list[str]) -> int:
             sock.remove()
         return 2
     try:
-        return _serve(opts, model, demo, kv_config, token, str(token_file))
+        return _serve(opts, model, demo, kv_config, token, str(token_file), t0)
     finally:
         if sock is not None:
             sock.remove()  # the engine is gone by now (clean exit, signal or failed start)
@@ -235,15 +278,16 @@ def _serve(
     kv_config: dict[str, Any] | None,
     token: str,
     token_file: str,
+    t0: float,
 ) -> int:
-
+    phases = StartupPhases(t0)
     if opts.no_ui:
-        tee = LogTee.install()
+        tee = LogTee.install(watch=[phases.feed])
     else:
         log_path = opts.state_dir / "serve.log"  # the state dir is private (ensure_token)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
         log_fd = os.open(log_path, flags, 0o600)
-        tee = LogTee.install(sink_fd=log_fd)
+        tee = LogTee.install(sink_fd=log_fd, watch=[phases.feed])
     # Our own handler: basicConfig is a no-op once anything configured the root logger, and the
     # root level would then drop kvpanel's INFO lines (shutdown progress).
     handler = logging.StreamHandler(sys.stderr)
@@ -251,16 +295,28 @@ def _serve(
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+    if opts.no_ui:
+        reporter = StartupReporter(phases, on_phase=_phase_line(tee.stdout_fd))
+    else:
+        os.write(tee.tty_fd, f"kvpanel: starting vLLM on {model} (log: {log_path})\n".encode())
+        reporter = StartupReporter(phases, progress=TtyProgress(tee.tty_fd))
+    reporter.start()
+    phases.mark("importing_vllm")
     from kvpanel.vllm_ext.compat import ensure_deterministic_block_hashes
 
     ensure_deterministic_block_hashes()
 
-    from kvpanel.serve.server import EngineServer
     from kvpanel.vllm_ext.control import ControlClient
 
     control = ControlClient(opts.settings.control_socket) if opts.settings.control_socket else None
     hub = StatusHub(_static(opts, model, demo), control, tee)
-    server = EngineServer(opts, hub, token, model, kv_config)
+    try:
+        server = _engine_server(opts, model, kv_config, hub, token, phases)
+    except ServeError as e:  # a vLLM flag or the port: nothing started, so a usage error
+        reporter.stop()
+        with contextlib.suppress(OSError):
+            os.write(tee.tty_fd, f"kvpanel serve: error: {e}\n".encode())
+        return 2
 
     stop = threading.Event()
 
@@ -271,12 +327,11 @@ def _serve(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
-    if not opts.no_ui:
-        os.write(tee.tty_fd, f"kvpanel: starting vLLM on {model} (log: {log_path})\n".encode())
     server.start()
     while not server.ready.wait(0.2):
         if stop.is_set():
             break
+    reporter.stop()
     if server.error is not None:
         log.error("engine failed to start: %s", server.error)
         # The user's last stderr line is the reason: vLLM reports an engine-core failure as

@@ -3,14 +3,18 @@
 The main thread keeps signals, the JSON status lines and the panel. uvicorn installs no signal
 handlers off the main thread, and vLLM's ``serve_http``/``run_server`` (which would) are not
 used: the app is built with ``build_app`` + ``init_app_state`` and served by our own
-``uvicorn.Server`` on a socket we bind (``--port 0`` works: the real port is read back).
+``uvicorn.Server`` on sockets bound before the engine starts (serve.preflight: a busy port fails
+in seconds, not after the model loaded; ``--port 0`` works: the real port is read back).
 
-Primitives: EngineServer(opts, hub, token).start() -> waits for ready; .url; .stop().
+Primitives: EngineServer(opts, hub, token, args, sockets).start() -> waits for ready; .url;
+.stop().
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import json
@@ -23,6 +27,7 @@ from typing import Any
 
 from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.options import ServeError, ServeOptions
+from kvpanel.serve.startup import StartupPhases
 
 log = logging.getLogger("kvpanel")
 
@@ -96,11 +101,16 @@ class EngineServer:
         opts: ServeOptions,
         hub: StatusHub,
         token: str,
-        model: str,
-        kv_config: dict[str, Any] | None,
+        args: argparse.Namespace,
+        api_sock: socket.socket,
+        control_sock: socket.socket | None = None,
+        phases: StartupPhases | None = None,
     ):
-        self.opts, self.hub, self.token, self.model = opts, hub, token, model
-        self.kv_config = kv_config
+        """``args``: vLLM's parsed flags (preflight.parse_vllm_args); the sockets are bound
+        (preflight.listen_socket) and served once the engine is up."""
+        self.opts, self.hub, self.token, self.args = opts, hub, token, args
+        self._api_sock, self._control_sock = api_sock, control_sock
+        self.phases = phases or StartupPhases()
         self.url: str | None = None
         self.error: BaseException | None = None
         self.ready = threading.Event()
@@ -118,6 +128,10 @@ class EngineServer:
         except BaseException as e:  # surface startup failures to the main thread
             self.error = e
         finally:
+            for sock in (self._api_sock, self._control_sock):
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
             self.ready.set()
             self.finished.set()
 
@@ -125,19 +139,19 @@ class EngineServer:
         import uvicorn
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.usage.usage_lib import UsageContext
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
         from vllm.v1.engine.async_llm import AsyncLLM
 
         from kvpanel.serve.control_api import make_router
         from kvpanel.serve.stat_logger import make_stat_logger_factory
         from kvpanel.vllm_ext.compat import server_api
 
-        make_arg_parser, build_app, init_app_state = server_api()
+        _, build_app, init_app_state = server_api()
         self._loop = asyncio.get_running_loop()
-        parser = make_arg_parser(FlexibleArgumentParser(prog="kvpanel serve"))
-        args = parser.parse_args(vllm_argv(self.opts, self.model, self.kv_config))
+        args = self.args
+        self.phases.mark("reading_config")
         engine_args = AsyncEngineArgs.from_cli_args(args)
         vllm_config = engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        self.phases.mark("starting_engine")
         engine = AsyncLLM.from_vllm_config(
             vllm_config=vllm_config,
             usage_context=UsageContext.OPENAI_API_SERVER,
@@ -145,6 +159,7 @@ class EngineServer:
             enable_log_requests=getattr(engine_args, "enable_log_requests", False),
             disable_log_stats=engine_args.disable_log_stats,
         )
+        self.phases.mark("starting_api")  # the engine is up (its log may have said so already)
         try:
             self.hub.gpu_kv_bytes = gpu_kv_bytes(engine.vllm_config)
             tasks = await engine.get_supported_tasks()
@@ -161,7 +176,8 @@ class EngineServer:
 
             prom.register(self.hub)
 
-            sock = _bind(args.host or "127.0.0.1", args.port)
+            sock = self._api_sock
+            sock.listen(2048)
             host, port = sock.getsockname()[:2]
             if self.opts.control_port is None:
                 _warn_if_exposed(host, port)
@@ -169,7 +185,9 @@ class EngineServer:
             self.hub.base_url = f"http://{_url_host(host, loopback=True)}:{port}"
             socks = [(app, sock)]
             if control_app is not app:
-                csock = _bind(self.opts.control_host or "127.0.0.1", self.opts.control_port or 0)
+                csock = self._control_sock
+                assert csock is not None, "--control-port needs its socket bound in preflight"
+                csock.listen(2048)
                 _warn_if_exposed(*csock.getsockname()[:2])
                 socks.append((control_app, csock))
                 self.control_url = (
@@ -206,16 +224,6 @@ class EngineServer:
 
             loop.call_soon_threadsafe(_exit)
         self.finished.wait(timeout)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 def _warn_if_exposed(host: str, port: int) -> None:
