@@ -26,10 +26,11 @@ from typing import Any
 from kvpanel.redact import display_url
 
 GB = 1 << 30  # kvpanel's and LMCache's "GB" sizes are binary (GiB)
-# kvpanel's own tiers, fastest first; "gpu" is vLLM's KV cache, shown next to them.
+# kvpanel's own tiers, fastest first. "vllm" is the engine's own KV cache (on the GPU, or in host
+# memory on a CPU engine), shown next to them under one name whatever the device.
 TIERS = ("cpu", "disk", "remote")
-GPU_TIER = "gpu"
-TIER_ORDER = (GPU_TIER, *TIERS)
+ENGINE_TIER = "vllm"
+TIER_ORDER = (ENGINE_TIER, *TIERS)
 # A sanity bound: sizes beyond this are typos (e.g. bytes given where GB were meant).
 MAX_TIER_BYTES = 1 << 50  # 1 PiB
 # The cache secret is read from the engine process's environment, never from CacheSettings:

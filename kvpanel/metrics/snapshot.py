@@ -4,7 +4,7 @@ The builder publishes cumulative counters only (hits, misses, bytes, tokens sinc
 since a tier's last clear); the interval figures (hit rate now, tokens/s, GB/s) come from
 differencing two snapshots (kvpanel.metrics.interval), so each consumer has its own interval.
 
-Primitives: SnapshotBuilder(static).build(totals, tiers, transfers, gpu_kv_bytes) -> dict;
+Primitives: SnapshotBuilder(static).build(totals, tiers, transfers, engine_kv_bytes) -> dict;
 SnapshotBuilder.mark_cleared(tier, tier_stats).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from kvpanel.metrics.engine_samples import EngineTotals
 from kvpanel.metrics.host import gpus, host_memory
 from kvpanel.metrics.percentile import percentile
-from kvpanel.settings import GPU_TIER
+from kvpanel.settings import ENGINE_TIER
 
 SCHEMA_VERSION = 1
 
@@ -53,13 +53,13 @@ class SnapshotBuilder:
         totals: EngineTotals,
         tiers: dict[str, dict[str, Any]],
         transfers: dict[str, float],
-        gpu_kv_bytes: int,
+        engine_kv_bytes: int,
         bench: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         out_tiers: dict[str, dict[str, Any]] = {
-            GPU_TIER: {
-                "capacity_bytes": gpu_kv_bytes,
-                "used_bytes": int(gpu_kv_bytes * totals.kv_usage),
+            ENGINE_TIER: {
+                "capacity_bytes": engine_kv_bytes,
+                "used_bytes": int(engine_kv_bytes * totals.kv_usage),
                 "chunks": 0,
                 "hits": totals.prefix_hits,
                 "misses": totals.prefix_queries - totals.prefix_hits,
@@ -92,7 +92,7 @@ class SnapshotBuilder:
             "interval_s": None,
             **self.static,
             "tiers": out_tiers,
-            "gpu_kv": {"usage": totals.kv_usage, "prefix_hit_rate": None},
+            "engine_kv": {"usage": totals.kv_usage, "prefix_hit_rate": None},
             "ttft_s": {
                 "p50": percentile(totals.ttfts, 50),
                 "p90": percentile(totals.ttfts, 90),

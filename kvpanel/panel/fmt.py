@@ -68,12 +68,25 @@ def fmt_bytes(n: float | int | None) -> str:
     return f"{int(n)} B"
 
 
+def fmt_size(n: float | int | None) -> str:
+    """Binary units, three significant digits: 64 GiB, 1.5 GiB, 512 MiB (for short lines)."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{int(n)} B"
+
+
 def fmt_pair(used: int, cap: int) -> str:
-    """'12.3/16.0 GiB' with a shared unit, so the column stays short."""
+    """'12.3/16.0 GiB' with a shared unit, so the column stays short; no decimals from 100
+    units up ('398/512 GiB'), where they tell nothing and cost the narrow layout columns."""
     top = max(used, cap)
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if top >= size:
-            return f"{used / size:.1f}/{cap / size:.1f} {unit}"
+            d = 0 if top / size >= 100 else 1
+            return f"{used / size:.{d}f}/{cap / size:.{d}f} {unit}"
     return f"{used}/{cap} B"
 
 

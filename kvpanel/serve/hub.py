@@ -72,7 +72,7 @@ class StatusHub:
         self.control = control
         self.logtee = logs
         self.base_url: str | None = None
-        self.gpu_kv_bytes = 0
+        self.engine_kv_bytes = 0
         self._builder = SnapshotBuilder(static)
         self._lock = threading.Lock()
         self._latest: dict[str, Any] | None = None
@@ -112,7 +112,7 @@ class StatusHub:
             with self._lock:
                 bench = dict(self._bench) if self._bench else None
             cumulative = self._builder.build(
-                self.samples.totals(), tiers, transfers, self.gpu_kv_bytes, bench
+                self.samples.totals(), tiers, transfers, self.engine_kv_bytes, bench
             )
             if self._engine_error:
                 cumulative["error"] = self._engine_error

@@ -74,7 +74,7 @@ def vllm_argv(opts: ServeOptions, model: str, kv_config: dict[str, Any] | None) 
     return args
 
 
-def gpu_kv_bytes(vllm_config: Any) -> int:
+def engine_kv_bytes(vllm_config: Any) -> int:
     """Bytes of the engine's own (GPU, or CPU-platform) KV cache, estimated from its geometry."""
     try:
         mc, cc, pc = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
@@ -146,7 +146,7 @@ class EngineServer:
             disable_log_stats=engine_args.disable_log_stats,
         )
         try:
-            self.hub.gpu_kv_bytes = gpu_kv_bytes(engine.vllm_config)
+            self.hub.engine_kv_bytes = engine_kv_bytes(engine.vllm_config)
             tasks = await engine.get_supported_tasks()
             app = build_app(args, tasks, engine.model_config)
             await init_app_state(engine, app.state, args, tasks)
