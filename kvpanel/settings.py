@@ -63,6 +63,18 @@ def fmt_gib(n_bytes: int) -> str:
     return f"{n_bytes / GB:.6g} GiB"
 
 
+def fmt_size(n: float | int | None) -> str:
+    """Binary units, three significant digits: 64 GiB, 1.5 GiB, 512 MiB (for short lines)."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            v = n / size
+            return f"{v:.0f} {unit}" if abs(v) >= 100 else f"{v:.3g} {unit}"
+    return f"{int(n)} B"
+
+
 def default_state_dir() -> Path:
     base = os.environ.get("KVPANEL_HOME") or os.path.join(
         os.environ.get("XDG_STATE_HOME", os.path.expanduser("~/.local/state")), "kvpanel"

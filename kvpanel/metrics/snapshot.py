@@ -85,12 +85,18 @@ class SnapshotBuilder:
             out_tiers["cpu"]["transfers"] = dict(transfers)
         for name, row in out_tiers.items():
             self._since_clear(name, row)
+        config = dict(self.static.get("config") or {})
+        for tier, key in (("cpu", "cpu_bytes"), ("disk", "disk_bytes")):
+            if tier in tiers and "capacity_bytes" in tiers[tier]:
+                # The tier's size now: a resize through the control API changes it.
+                config[key] = int(tiers[tier]["capacity_bytes"])
         snap: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "ts": time.time(),
             "uptime_s": time.monotonic() - self._started_mono,
             "interval_s": None,
             **self.static,
+            **({"config": config} if "config" in self.static else {}),
             "tiers": out_tiers,
             "engine_kv": {"usage": totals.kv_usage, "prefix_hit_rate": None},
             "ttft_s": {

@@ -16,10 +16,10 @@ from textual.widgets import Static
 
 
 class ConnectionState:
-    """Failed-poll bookkeeping; the clock is injectable so tests need no sleeping."""
+    """Failed-poll bookkeeping (monotonic for how long, wall time for the last good update)."""
 
-    def __init__(self, clock: type[time] | None = None) -> None:
-        self._clock = clock or time
+    def __init__(self) -> None:
+        self._clock = time
         self.error: str | None = None
         self.failing_since: float | None = None  # monotonic time of the first failed poll
         self.last_ok_wall: float | None = None  # wall time of the last good snapshot

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from kvpanel.settings import TIER_ORDER
+from kvpanel.settings import fmt_size as fmt_size  # one size format, panel and engine
 
 # "4G" / "512M" are what people type for memory, so bare letters are binary (like `free -g`
 # and docker's --memory); "GB" is decimal and "GiB" binary, as written.
@@ -65,17 +66,6 @@ def fmt_bytes(n: float | int | None) -> str:
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
-
-
-def fmt_size(n: float | int | None) -> str:
-    """Binary units, three significant digits: 64 GiB, 1.5 GiB, 512 MiB (for short lines)."""
-    if n is None:
-        return "-"
-    n = float(n)
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
     return f"{int(n)} B"
 
 

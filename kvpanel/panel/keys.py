@@ -6,9 +6,9 @@ can be remapped through Textual's keymap.
 
 from __future__ import annotations
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
-BINDINGS = [
+BINDINGS: list[BindingType] = [
     Binding("r", "resize", "Resize", id="resize", tooltip="Resize a tier"),
     Binding("c", "clear_tier", "Clear", id="clear", tooltip="Clear a tier"),
     Binding("b", "bench", "Bench", id="bench", tooltip="Run long-doc-qa"),
@@ -23,9 +23,7 @@ BINDINGS = [
     # Which of each pair is live depends on owns_server (check_action): `kvpanel serve` asks,
     # then stops the server; `kvpanel attach` only closes this panel.
     Binding("q", "stop_server", "Stop server", id="stop", tooltip="Ask, then stop the server"),
-    Binding(
-        "q", "leave", "Leave", id="quit", tooltip="Close the panel; the server keeps running"
-    ),
+    Binding("q", "leave", "Leave", id="quit", tooltip="Close the panel; the server keeps running"),
     Binding("ctrl+c,ctrl+q", "stop_server", "Stop server", show=False, id="stop-keys"),
     Binding("ctrl+c,ctrl+q", "leave", "Leave", show=False, id="quit-keys"),
 ]
@@ -46,4 +44,3 @@ COMMAND_TEXTS = {
     "show_bench": ("Show the benchmark", "Bottom tab: progress and results (2)"),
     "help": ("Help", "Keys and what the panels show (? or F1)"),
 }
-

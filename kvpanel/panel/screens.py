@@ -92,7 +92,7 @@ class ResizeScreen(DialogScreen):
         error = ""
         size = 0
         if not isinstance(tier, str) or tier not in self.tiers:
-            error = "no resizable tier (gpu is sized by vLLM)"
+            error = f"no resizable tier ({ENGINE_TIER} is sized by vLLM)"
         elif not text.strip():
             preview.update(Content("Current: ") + fmt_bytes(self.tiers[tier]["capacity_bytes"]))
             preview.remove_class("error")
@@ -103,8 +103,15 @@ class ResizeScreen(DialogScreen):
             except ValueError as e:
                 error = str(e)
             else:
+                # The server's own bound (disk: free space + what the tier holds; cpu: 90%
+                # of RAM), so that what the preview accepts, the server accepts.
+                limit = self.tiers[tier].get("max_capacity_bytes")
                 if size > MAX_CAPACITY:
                     error = f"too large: {fmt_bytes(size)} (limit {fmt_bytes(MAX_CAPACITY)})"
+                elif isinstance(limit, int) and size > limit:
+                    error = f"too large: {fmt_bytes(size)}, {tier} can grow to {fmt_bytes(limit)}"
+                    if tier == "disk":
+                        error += " (free space + what it holds)"
                 elif tier == "cpu" and self.host_ram and size > self.host_ram:
                     error = f"larger than host RAM ({fmt_bytes(self.host_ram)})"
         if error:
@@ -308,7 +315,9 @@ class StopServerScreen(DialogScreen):
 
 class HelpScreen(DialogScreen):
     # The text scrolls inside the dialog, so Close stays on screen at 80x24.
-    DEFAULT_CSS = MODAL_CSS + "#help-dialog { width: 88; } #help-body { height: auto; max-height: 65vh; }"
+    DEFAULT_CSS = (
+        MODAL_CSS + "#help-dialog { width: 88; } #help-body { height: auto; max-height: 65vh; }"
+    )
     BINDINGS = [
         Binding("escape,q,question_mark,f1", "cancel", "Close", id="close-help"),
     ]

@@ -13,7 +13,6 @@ from textual.widgets import Digits, Label, Sparkline
 
 from kvpanel.panel.fmt import (
     digits_value,
-    fmt_bytes,
     fmt_count,
     fmt_pair,
     fmt_pct,
@@ -154,7 +153,9 @@ class TierRow(Horizontal):
         self._set("evict", fmt_count(t.get("evictions", 0)))
         self._set("load", f"{float(t.get('load_gbps', 0.0)):.2f} GB/s")
         self._set("store", f"{float(t.get('store_gbps', 0.0)):.2f} GB/s")
-        self._set("io", f"{float(t.get('load_gbps', 0.0)):.1f}/{float(t.get('store_gbps', 0.0)):.1f}")
+        self._set(
+            "io", f"{float(t.get('load_gbps', 0.0)):.1f}/{float(t.get('store_gbps', 0.0)):.1f}"
+        )
         note = str(t.get("note") or "")
         errors = int(t.get("errors", 0))
         if not healthy:
@@ -271,11 +272,16 @@ class EnginePanel(Vertical):
     def update_from(self, snap: dict[str, Any]) -> None:
         model, cfg = snap.get("model", {}), snap.get("config", {})
         name = str(model.get("name", "?"))
+        # A local model directory shows by its last part (the whole path is the tooltip and in
+        # the status JSON): a path like /root/.cache/kvpanel/models/x would not fit 80 columns.
+        shown = name.rstrip("/").rsplit("/", 1)[-1] if name.startswith("/") else name
         if model.get("demo"):
-            text = Content.from_markup("[b reverse $warning]DEMO[/] [b]$name[/]", name=name)
+            text = Content.from_markup("[b reverse $warning]DEMO MODEL[/] [b]$name[/]", name=shown)
         else:
-            text = Content.from_markup("[b]$name[/]", name=name)
-        self.query_one("#engine-model", Label).update(text)
+            text = Content.from_markup("[b]$name[/]", name=shown)
+        label = self.query_one("#engine-model", Label)
+        label.update(text)
+        label.tooltip = name
         engine = f"{model.get('engine', '?')} · {model.get('device', '?')}"
         engine += f" · up {fmt_uptime(snap.get('uptime_s'))}"
         self.query_one("#engine-engine", Label).update(engine)

@@ -141,7 +141,7 @@ def accumulate(snaps: list[dict]) -> None:
 
 LOGS = [
     "INFO 11-28 14:02:11 [api_server.py:1024] Starting vLLM API server on http://0.0.0.0:8000",
-    "INFO 11-28 14:02:11 [kvpanel] tiers: gpu 58.00 GiB, cpu 64.00 GiB, disk 512.00 GiB "
+    "INFO 11-28 14:02:11 [kvpanel] tiers: vllm 58.00 GiB, cpu 64.00 GiB, disk 512.00 GiB "
     "@ /mnt/nvme0/kvpanel, remote redis://kv-cache-01:6379",
     "INFO 11-28 14:02:12 [kvpanel] control API on http://127.0.0.1:8000/kvpanel/v1",
     "INFO 11-28 15:04:01 [loggers.py:123] Engine 000: Avg prompt throughput: 18234.1 tokens/s, "

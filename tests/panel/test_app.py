@@ -279,7 +279,8 @@ async def test_every_action_is_in_footer_and_command_palette() -> None:
         ):
             assert title in titles
         footer_keys = {k for k, b in app.active_bindings.items() if b.binding.show}
-        assert {"r", "c", "b", "p", "t", "question_mark", "q"} <= footer_keys
+        # t (theme) is left out of the footer so that the footer fits 80 columns.
+        assert {"r", "c", "b", "p", "1", "2", "question_mark", "q"} <= footer_keys
 
 
 class FailingBackend:
