@@ -177,22 +177,20 @@ class KvpanelApp(App[None]):
         if self.last_error:
             self.last_error = None
             self._update_subtitle()
-        if self.connection.ok():
-            self.notify(f"Connected again to {self.source or 'the server'}", timeout=4)
-        self._show_connection()
         await self.ingest(message.snapshot)
 
     def _show_connection(self) -> None:
         try:
-            self.screen_stack[0].query_one(ConnectionBanner).show_state(
-                self.connection, self.source
-            )
+            self.screen_stack[0].query_one(ConnectionBanner).show_state(self.connection)
             self._dash(TierTable).set_stale(self.connection.lost)
         except (NoMatches, IndexError):
             return
 
     async def ingest(self, snap: dict[str, Any]) -> None:
         """Record history from one snapshot and redraw (also used by tests and demos)."""
+        if self.connection.ok():
+            self.notify(f"Connected again to {self.source or 'the server'}", timeout=4)
+        self._show_connection()
         snap = self.window.apply(snap)
         model_changed = snap.get("model") != self.snapshot.get("model")
         self.snapshot = snap

@@ -42,21 +42,19 @@ class ConnectionState:
         self.error = error
         self.failed_polls += 1
 
-    def banner(self, source: str) -> Content:
-        where = source or "the server"
+    def banner(self) -> Content:
+        """One line at 160 columns, two at 80; the URL is in the header (and in most errors)."""
         seconds = 0 if self.failing_since is None else self._clock.monotonic() - self.failing_since
-        last = (
-            time.strftime("%H:%M:%S", time.localtime(self.last_ok_wall))
+        shown = (
+            "stale figures from " + time.strftime("%H:%M:%S", time.localtime(self.last_ok_wall))
             if self.last_ok_wall is not None
-            else "never"
+            else "no figures received yet"
         )
         return Content.from_markup(
-            "[b]✗ NO DATA from $where for $secs s[/] · $error · "
-            "figures below are from $last (stale) · retrying",
-            where=where,
+            "[b]✗ NO DATA for $secs s[/] · $error · $shown · retrying",
             secs=f"{seconds:.0f}",
             error=self.error or "",
-            last=last,
+            shown=shown,
         )
 
 
@@ -71,7 +69,7 @@ class ConnectionBanner(Static):
     ConnectionBanner.-lost { display: block; }
     """
 
-    def show_state(self, state: ConnectionState, source: str) -> None:
+    def show_state(self, state: ConnectionState) -> None:
         if state.lost:
-            self.update(state.banner(source))
+            self.update(state.banner())
         self.set_class(state.lost, "-lost")

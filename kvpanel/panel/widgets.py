@@ -168,7 +168,7 @@ class TierRow(Horizontal):
 
     def set_stale(self) -> None:
         """The figures in this row are the last ones received, not live."""
-        self._set("health", Content.from_markup("[b $error]? no data[/]"))
+        self._set("health", Content.from_markup("[b $error]✗ stale[/]"))
 
 
 class TierTable(Vertical):
