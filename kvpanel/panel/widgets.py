@@ -276,7 +276,7 @@ class EnginePanel(Vertical):
         # the status JSON): a path like /root/.cache/kvpanel/models/x would not fit 80 columns.
         shown = name.rstrip("/").rsplit("/", 1)[-1] if name.startswith("/") else name
         if model.get("demo"):
-            text = Content.from_markup("[b reverse $warning]DEMO MODEL[/] [b]$name[/]", name=shown)
+            text = Content.from_markup("[reverse $warning] DEMO MODEL [/] [b]$name[/]", name=shown)
         else:
             text = Content.from_markup("[b]$name[/]", name=shown)
         label = self.query_one("#engine-model", Label)
