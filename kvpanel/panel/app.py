@@ -85,6 +85,7 @@ class KvpanelApp(App[None]):
         self.hit_history: dict[str, deque[float | None]] = {}
         self.ttft_history: deque[float] = deque(maxlen=HISTORY)
         self.log_next = 0
+        self.server_restarted = False
         self.bench_active = False
         self.bench_params: dict[str, Any] | None = None
         self.last_error: str | None = None
@@ -191,6 +192,8 @@ class KvpanelApp(App[None]):
         if self.connection.ok():
             self.notify(f"Connected again to {self.source or 'the server'}", timeout=4)
         self._show_connection()
+        if float(snap.get("uptime_s") or 0) < float(self.snapshot.get("uptime_s") or 0):
+            self.server_restarted = True  # its log starts again at line 0
         snap = self.window.apply(snap)
         model_changed = snap.get("model") != self.snapshot.get("model")
         self.snapshot = snap
@@ -219,14 +222,18 @@ class KvpanelApp(App[None]):
             self.post_message(BenchReady(bench))  # started elsewhere (another panel, the CLI)
 
     def on_logs_ready(self, message: LogsReady) -> None:
-        restarted = message.next_index < self.log_next  # a new server's log starts at 0
-        self.log_next = 0 if restarted else message.next_index
+        # After a restart (uptime went back, or the log shrank) these lines were read from the
+        # new log at the old position: drop them and read the new log from its first line.
+        if self.server_restarted or message.next_index < self.log_next:
+            self.server_restarted, self.log_next = False, 0
+            with contextlib.suppress(NoMatches):
+                self._dash(RichLog).write("--- the server restarted; its log follows ---")
+            return
+        self.log_next = message.next_index
         try:
             log = self._dash(RichLog)
         except NoMatches:
             return
-        if restarted:
-            log.write("--- the server restarted; its log follows ---")
         width = log.scrollable_content_region.width if log.size.width else None
         for line in message.lines:
             log.write(self._style_log_line(line), width=width or None)

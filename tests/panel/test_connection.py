@@ -124,3 +124,27 @@ def test_backend_rereads_token_file_after_401(token_server: str, tmp_path: Path)
     finally:
         from_file.close()
         given.close()
+
+
+async def test_log_of_a_restarted_server_is_read_from_its_first_line() -> None:
+    from textual.widgets import RichLog
+
+    from kvpanel.panel.messages import LogsReady
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await prime(pilot, 3)  # the old server's log: read up to its end
+        assert app.log_next > 3
+        old_next = app.log_next
+        restarted = {**app.snapshot, "uptime_s": 2.0}  # the same URL, a new server
+        await app.ingest(restarted)
+        new_log = [f"new server line {i}" for i in range(old_next + 5)]
+        # The poll that saw the new server asked for its log from the old position.
+        app.on_logs_ready(LogsReady(new_log[old_next:], len(new_log)))
+        await pilot.pause()
+        assert app.log_next == 0  # the next poll reads the new log from line 0
+        app.on_logs_ready(LogsReady(new_log, len(new_log)))
+        await pilot.pause()
+        text = "\n".join(str(line.text) for line in app.query_one(RichLog).lines)
+        assert "the server restarted" in text
+        assert "new server line 0" in text and f"new server line {old_next + 4}" in text
