@@ -75,7 +75,11 @@ def vllm_argv(opts: ServeOptions, model: str, kv_config: dict[str, Any] | None) 
 
 
 def engine_kv_bytes(vllm_config: Any) -> int:
-    """Bytes of the engine's own (GPU, or CPU-platform) KV cache, estimated from its geometry."""
+    """Bytes of the engine's own (GPU, or CPU-platform) KV cache, estimated from its geometry.
+
+    Only until kvpanel's worker reports what vLLM allocated (StatusHub takes that figure), and
+    for the offload modes without kvpanel's worker: it counts every layer's page per block, so
+    for hybrid models whose layer groups share blocks (gpt-oss) it reads high (2x for gpt-oss)."""
     try:
         mc, cc, pc = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
         per_token = (

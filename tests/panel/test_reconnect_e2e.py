@@ -27,12 +27,13 @@ async def wait_for(pilot: Any, pred: Any, timeout: float, what: str) -> None:
 
 
 async def test_panel_survives_a_server_restart(tiny_llama, tmp_path) -> None:  # noqa: F811
-    from textual.widgets import Label
+    from textual.widgets import Label, RichLog
 
     from kvpanel.panel.app import KvpanelApp
     from kvpanel.panel.backend import HttpBackend
     from kvpanel.panel.connection import ConnectionBanner
     from kvpanel.serve.auth import TOKEN_FILE
+    from kvpanel.vllm_ext.control import ControlClient
 
     server = start(tiny_llama, tmp_path, "--cpu-cache-gb", "0.25", name="first")
     url = server.url
@@ -72,6 +73,26 @@ async def test_panel_survives_a_server_restart(tiny_llama, tmp_path) -> None:  #
             assert app.connection.last_ok_wall is not None
             health = str(app.query_one("#tier-cpu .col-health", Label).render())
             assert "stale" not in health, health
+            log = app.query_one(RichLog)
+
+            def log_text() -> str:
+                return "\n".join(str(line.text) for line in log.lines)
+
+            # The new server's log is read from its first line, after a marker.
+            await wait_for(pilot, lambda: "the server restarted" in log_text(), 20, "the marker")
+            await wait_for(
+                pilot,
+                lambda: "control API token" in log_text().split("restarted")[-1],
+                20,
+                "the new server's log",
+            )
+            # The capacity shown is what kvpanel's worker counted in vLLM's KV allocation,
+            # reported through the engine's control socket (not the geometry estimate).
+            sock = tmp_path / "state" / f"control-{second.proc.pid}.sock"
+            reply = ControlClient(str(sock)).call(op="stats")
+            assert reply["engine_kv_bytes"] > 0, reply
+            await wait_for(pilot, lambda: "vllm" in app.snapshot.get("tiers", {}), 10, "status")
+            assert app.snapshot["tiers"]["vllm"]["capacity_bytes"] == reply["engine_kv_bytes"]
     finally:
         backend.close()
         if second is not None:
