@@ -40,7 +40,8 @@ async def test_80x24_shows_evictions_io_and_whole_engine_lines() -> None:
         await app.ingest(demo)
         await pilot.pause()
         label = app.query_one("#engine-model", Label)
-        assert fits(label) and "DEMO MODEL tiny-llama-demo" in str(label.render())
+        text = str(label.render())
+        assert fits(label) and "DEMO MODEL" in text and "tiny-llama-demo" in text, text
         for header in app.query(".tier-header Label").results(Label):
             if header.region.width:
                 assert "…" not in str(header.render()), str(header.render())
