@@ -26,10 +26,11 @@ from typing import Any
 from kvpanel.redact import display_url
 
 GB = 1 << 30  # kvpanel's and LMCache's "GB" sizes are binary (GiB)
-# kvpanel's own tiers, fastest first; "gpu" is vLLM's KV cache, shown next to them.
+# kvpanel's own tiers, fastest first. "vllm" is the engine's own KV cache (on the GPU, or in host
+# memory on a CPU engine), shown next to them under one name whatever the device.
 TIERS = ("cpu", "disk", "remote")
-GPU_TIER = "gpu"
-TIER_ORDER = (GPU_TIER, *TIERS)
+ENGINE_TIER = "vllm"
+TIER_ORDER = (ENGINE_TIER, *TIERS)
 # A sanity bound: sizes beyond this are typos (e.g. bytes given where GB were meant).
 MAX_TIER_BYTES = 1 << 50  # 1 PiB
 # The cache secret is read from the engine process's environment, never from CacheSettings:
@@ -60,6 +61,18 @@ def gb_to_bytes(value: Any, what: str) -> int:
 def fmt_gib(n_bytes: int) -> str:
     """A byte count as a user wrote it: ``4 GiB``, ``2.5 GiB``, ``0.001 GiB``."""
     return f"{n_bytes / GB:.6g} GiB"
+
+
+def fmt_size(n: float | int | None) -> str:
+    """Binary units, three significant digits: 64 GiB, 1.5 GiB, 512 MiB (for short lines)."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= size:
+            v = n / size
+            return f"{v:.0f} {unit}" if abs(v) >= 100 else f"{v:.3g} {unit}"
+    return f"{int(n)} B"
 
 
 def default_state_dir() -> Path:

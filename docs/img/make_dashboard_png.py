@@ -1,8 +1,9 @@
 """Render docs/img/dashboard.png from a REAL `kvpanel serve --no-ui` on the demo model.
 
-Starts the server, sends a few long prompts (each twice, so the CPU tier serves hits), then
-drives `kvpanel attach`'s app against it and saves a screenshot. Every number in the picture
-is what that server reported. Needs cairosvg for the PNG.
+Starts the server on the demo's own defaults (as ./scripts/demo.sh does), sends the README's
+requests (four different 3,000-token documents, then the first again; twice, so the CPU tier
+serves hits while the panel polls), drives `kvpanel attach`'s app against it and saves a
+screenshot. Every number in the picture is what that server reported. Needs cairosvg.
 
     python docs/img/make_dashboard_png.py [--size 140x40]
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import tempfile
 import time
@@ -23,8 +23,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def complete(url: str, model: str, prompt: list[int]) -> None:
-    body = json.dumps({"model": model, "prompt": prompt, "max_tokens": 16}).encode()
+def complete(url: str, doc: int) -> None:
+    """One of the README's demo requests, as its curl sends it."""
+    prompt = f"{doc} " + "hi " * 3000
+    body = json.dumps({"prompt": prompt, "max_tokens": 8, "temperature": 0}).encode()
     req = urllib.request.Request(
         f"{url}/v1/completions", data=body, headers={"Content-Type": "application/json"}
     )
@@ -45,14 +47,12 @@ async def shoot(url: str, token: str, size: tuple[int, int], svg: Path, work) ->
 
 def main() -> None:
     from kvpanel.bench.server_proc import ServeProcess
-    from kvpanel.demo.tiny_models import demo_model_dir
 
     p = argparse.ArgumentParser()
     p.add_argument("--size", default="140x40")
     args = p.parse_args()
     size = tuple(int(x) for x in args.size.split("x"))
     tmp = Path(tempfile.mkdtemp())
-    model = str(demo_model_dir())
     argv = [
         sys.executable,
         "-m",
@@ -65,22 +65,14 @@ def main() -> None:
         "1",
         "--state-dir",
         str(tmp / "state"),
-        "--disk-path",
-        str(tmp / "disk"),
-        "--disk-cache-gb",
-        "1",
-        "--no-enable-prefix-caching",
     ]
     server = ServeProcess.start(argv, ready_timeout_s=600, log_path=tmp / "serve.log")
     try:
         assert server.url and server.token
-        rng = random.Random(0)
-        prompts = [[rng.randrange(10, 30000) for _ in range(900)] for _ in range(4)]
 
         def work() -> None:
-            for _ in range(3):
-                for q in prompts:
-                    complete(server.url, model, q)
+            for doc in (1, 2, 3, 4, 1, 2, 3, 4, 1):  # the README's loop, then once more
+                complete(server.url, doc)
                 time.sleep(0.3)
 
         svg = tmp / "dashboard.svg"

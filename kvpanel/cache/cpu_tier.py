@@ -280,12 +280,14 @@ class CpuTier:
         return True
 
     def clear(self) -> list[ChunkKey]:
-        """Evict everything; pinned chunks vanish now and free their slots on release."""
+        """Drop everything; pinned chunks vanish now and free their slots on release.
+
+        Not counted as evictions: those measure capacity pressure, and an operator's clear is
+        none (the status marks the clear with cleared_at instead)."""
         with self._lock:
             gone = [k for k, e in list(self._entries.items()) if not e.doomed]
             for key in gone:
                 self._doom_or_drop(key, self._entries[key])
-        self._counters.add(evictions=len(gone))
         return gone
 
     def resize(self, capacity_bytes: int) -> list[ChunkKey]:

@@ -287,9 +287,10 @@ class DiskTier:
         return self._evict_until(lambda: self._used + self._reserved <= self._capacity)
 
     def clear(self) -> list[ChunkKey]:
+        """Delete every chunk; not counted as evictions (see CpuTier.clear)."""
         with self._lock:
             self._full_since = None
-        return self._evict_until(lambda: not self._sizes)
+        return self._evict_until(lambda: not self._sizes, count=False)
 
     def _enforce_capacity(self, incoming: int) -> bool:
         """Make room for ``incoming`` bytes and reserve them; False if they can never fit."""
@@ -303,7 +304,7 @@ class DiskTier:
             self._reserved += incoming
             return True
 
-    def _evict_until(self, done: Callable[[], bool]) -> list[ChunkKey]:
+    def _evict_until(self, done: Callable[[], bool], count: bool = True) -> list[ChunkKey]:
         evicted: list[ChunkKey] = []
         while True:
             with self._lock:
@@ -316,7 +317,7 @@ class DiskTier:
                 self._full_since = None  # space freed: try admitting again
             self._shards.unlink(victim)
             evicted.append(victim)
-        if evicted:
+        if evicted and count:
             self._counters.add(evictions=len(evicted))
         return evicted
 

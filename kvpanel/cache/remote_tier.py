@@ -364,13 +364,13 @@ class RemoteTier:
     # ----- management -------------------------------------------------------------------------
 
     def clear(self) -> list[ChunkKey]:
-        """Delete this fingerprint's chunks from Redis (other models' keys are left alone)."""
+        """Delete this fingerprint's chunks from Redis (other models' keys are left alone);
+        not counted as evictions (see CpuTier.clear)."""
         try:
             gone = [ChunkKey(k) for k in fmt.delete_prefix(self._connect(), self._fp_hex)]
         except _ERRORS as e:
             self._on_error(e)
             return []
-        self._counters.add(evictions=len(gone))
         return gone
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kvpanel.settings import GPU_TIER
+from kvpanel.settings import ENGINE_TIER
 
 
 def _delta(now: dict[str, Any], before: dict[str, Any], key: str) -> float | None:
@@ -64,9 +64,10 @@ def with_interval(prev: dict[str, Any] | None, snap: dict[str, Any]) -> dict[str
         else:
             tier["load_gbps"] = _gbps(_delta(tier, before, "bytes_out"), seconds)
             tier["store_gbps"] = _gbps(_delta(tier, before, "bytes_in"), seconds)
-    gpu_now, gpu_before = (out.get("tiers") or {}).get(GPU_TIER), before_tiers.get(GPU_TIER)
-    if "gpu_kv" in out and gpu_now is not None and gpu_before is not None:
-        out["gpu_kv"]["prefix_hit_rate"] = _hit_rate(gpu_now, gpu_before)
+    engine_now = (out.get("tiers") or {}).get(ENGINE_TIER)
+    engine_before = before_tiers.get(ENGINE_TIER)
+    if "engine_kv" in out and engine_now is not None and engine_before is not None:
+        out["engine_kv"]["prefix_hit_rate"] = _hit_rate(engine_now, engine_before)
     tp, tp_before = out.get("throughput"), prev.get("throughput") or {}
     if tp is not None:
         for counter, rate in (

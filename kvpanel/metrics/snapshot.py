@@ -4,7 +4,7 @@ The builder publishes cumulative counters only (hits, misses, bytes, tokens sinc
 since a tier's last clear); the interval figures (hit rate now, tokens/s, GB/s) come from
 differencing two snapshots (kvpanel.metrics.interval), so each consumer has its own interval.
 
-Primitives: SnapshotBuilder(static).build(totals, tiers, transfers, gpu_kv_bytes) -> dict;
+Primitives: SnapshotBuilder(static).build(totals, tiers, transfers, engine_kv_bytes) -> dict;
 SnapshotBuilder.mark_cleared(tier, tier_stats).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from kvpanel.metrics.engine_samples import EngineTotals
 from kvpanel.metrics.host import gpus, host_memory
 from kvpanel.metrics.percentile import percentile
-from kvpanel.settings import GPU_TIER
+from kvpanel.settings import ENGINE_TIER
 
 SCHEMA_VERSION = 1
 
@@ -53,13 +53,13 @@ class SnapshotBuilder:
         totals: EngineTotals,
         tiers: dict[str, dict[str, Any]],
         transfers: dict[str, float],
-        gpu_kv_bytes: int,
+        engine_kv_bytes: int,
         bench: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         out_tiers: dict[str, dict[str, Any]] = {
-            GPU_TIER: {
-                "capacity_bytes": gpu_kv_bytes,
-                "used_bytes": int(gpu_kv_bytes * totals.kv_usage),
+            ENGINE_TIER: {
+                "capacity_bytes": engine_kv_bytes,
+                "used_bytes": int(engine_kv_bytes * totals.kv_usage),
                 "chunks": 0,
                 "hits": totals.prefix_hits,
                 "misses": totals.prefix_queries - totals.prefix_hits,
@@ -85,14 +85,20 @@ class SnapshotBuilder:
             out_tiers["cpu"]["transfers"] = dict(transfers)
         for name, row in out_tiers.items():
             self._since_clear(name, row)
+        config = dict(self.static.get("config") or {})
+        for tier, key in (("cpu", "cpu_bytes"), ("disk", "disk_bytes")):
+            if tier in tiers and "capacity_bytes" in tiers[tier]:
+                # The tier's size now: a resize through the control API changes it.
+                config[key] = int(tiers[tier]["capacity_bytes"])
         snap: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "ts": time.time(),
             "uptime_s": time.monotonic() - self._started_mono,
             "interval_s": None,
             **self.static,
+            **({"config": config} if "config" in self.static else {}),
             "tiers": out_tiers,
-            "gpu_kv": {"usage": totals.kv_usage, "prefix_hit_rate": None},
+            "engine_kv": {"usage": totals.kv_usage, "prefix_hit_rate": None},
             "ttft_s": {
                 "p50": percentile(totals.ttfts, 50),
                 "p90": percentile(totals.ttfts, 90),

@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 from textual import work
 from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
@@ -24,7 +23,9 @@ from textual.widgets import Footer, Header, RichLog, TabbedContent, TabPane
 from kvpanel.metrics.interval import IntervalWindow
 from kvpanel.panel.backend import BackendError, PanelBackend
 from kvpanel.panel.bench_view import BenchPane
+from kvpanel.panel.connection import ConnectionBanner, ConnectionState
 from kvpanel.panel.css import APP_CSS
+from kvpanel.panel.keys import BINDINGS, COMMAND_TEXTS, QUIT_TEXTS
 from kvpanel.panel.messages import (
     ActionFailed,
     BenchReady,
@@ -51,38 +52,9 @@ class KvpanelApp(App[None]):
     CSS = APP_CSS
     TITLE = "kvpanel"
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
-    BINDINGS = [
-        Binding("r", "resize", "Resize", id="resize", tooltip="Resize a tier"),
-        Binding("c", "clear_tier", "Clear", id="clear", tooltip="Clear a tier"),
-        Binding("b", "bench", "Bench", id="bench", tooltip="Run long-doc-qa"),
-        Binding("p", "toggle_pause", "Pause", id="pause", tooltip="Pause/resume updates"),
-        Binding("t", "cycle_theme", "Theme", id="theme", tooltip="Next kvpanel theme"),
-        Binding("question_mark", "help", "Help", key_display="?", id="help"),
-        Binding("f1", "help", "Help", show=False, id="help-f1"),
-        # Which of each pair is live depends on owns_server (check_action): `kvpanel serve` asks,
-        # then stops the server; `kvpanel attach` only closes this panel.
-        Binding("q", "stop_server", "Stop server", id="stop", tooltip="Ask, then stop the server"),
-        Binding(
-            "q", "leave", "Leave", id="quit", tooltip="Close the panel; the server keeps running"
-        ),
-        Binding("ctrl+c,ctrl+q", "stop_server", "Stop server", show=False, id="stop-keys"),
-        Binding("ctrl+c,ctrl+q", "leave", "Leave", show=False, id="quit-keys"),
-    ]
-    QUIT_TEXTS = {
-        "stop_server": (
-            "Stop the server",
-            "Ask, then stop kvpanel serve and its engine (q, ctrl+c)",
-        ),
-        "leave": ("Leave the panel", "Close this panel; the server keeps running (q, ctrl+c)"),
-    }
-    COMMAND_TEXTS = {
-        "resize": ("Resize a tier", "Change a tier's capacity (r)"),
-        "clear_tier": ("Clear a tier", "Drop every chunk of a tier (c)"),
-        "bench": ("Run long-doc-qa benchmark", "Start the benchmark and compare runs (b)"),
-        "toggle_pause": ("Pause / resume updates", "Freeze the dashboard (p)"),
-        "cycle_theme": ("Next kvpanel theme", "Cycle dark, light, high contrast (t)"),
-        "help": ("Help", "Keys and what the panels show (? or F1)"),
-    }
+    BINDINGS = BINDINGS
+    QUIT_TEXTS = QUIT_TEXTS
+    COMMAND_TEXTS = COMMAND_TEXTS
 
     def __init__(
         self,
@@ -113,9 +85,11 @@ class KvpanelApp(App[None]):
         self.hit_history: dict[str, deque[float | None]] = {}
         self.ttft_history: deque[float] = deque(maxlen=HISTORY)
         self.log_next = 0
+        self.server_restarted = False
         self.bench_active = False
         self.bench_params: dict[str, Any] | None = None
         self.last_error: str | None = None
+        self.connection = ConnectionState()
         self._polling = False
         self._timer: Timer | None = None
         themes, self.theme_warnings = all_themes(theme_dir)
@@ -131,6 +105,7 @@ class KvpanelApp(App[None]):
     # -- layout ---------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield Header(icon="◆")
+        yield ConnectionBanner(id="connection")
         with Vertical(id="dashboard"):
             yield TierTable(id="tiers", classes="box")
             with Horizontal(id="middle"):
@@ -142,7 +117,7 @@ class KvpanelApp(App[None]):
                     yield RichLog(id="log", max_lines=5000, wrap=True, markup=False)
                 with TabPane("Benchmark", id="tab-bench"):
                     yield BenchPane(id="bench")
-        yield Footer()
+        yield Footer(compact=True)  # every key fits 80 columns
 
     def _dash(self, widget_type: type[W]) -> W:
         """A dashboard widget, whatever screen (dialog, help) is on top; NoMatches when gone."""
@@ -205,8 +180,20 @@ class KvpanelApp(App[None]):
             self._update_subtitle()
         await self.ingest(message.snapshot)
 
+    def _show_connection(self) -> None:
+        try:
+            self.screen_stack[0].query_one(ConnectionBanner).show_state(self.connection)
+            self._dash(TierTable).set_stale(self.connection.lost)
+        except (NoMatches, IndexError):
+            return
+
     async def ingest(self, snap: dict[str, Any]) -> None:
         """Record history from one snapshot and redraw (also used by tests and demos)."""
+        if self.connection.ok():
+            self.notify(f"Connected again to {self.source or 'the server'}", timeout=4)
+        self._show_connection()
+        if float(snap.get("uptime_s") or 0) < float(self.snapshot.get("uptime_s") or 0):
+            self.server_restarted = True  # its log starts again at line 0
         snap = self.window.apply(snap)
         model_changed = snap.get("model") != self.snapshot.get("model")
         self.snapshot = snap
@@ -235,6 +222,13 @@ class KvpanelApp(App[None]):
             self.post_message(BenchReady(bench))  # started elsewhere (another panel, the CLI)
 
     def on_logs_ready(self, message: LogsReady) -> None:
+        # After a restart (uptime went back, or the log shrank) these lines were read from the
+        # new log at the old position: drop them and read the new log from its first line.
+        if self.server_restarted or message.next_index < self.log_next:
+            self.server_restarted, self.log_next = False, 0
+            with contextlib.suppress(NoMatches):
+                self._dash(RichLog).write("--- the server restarted; its log follows ---")
+            return
         self.log_next = message.next_index
         try:
             log = self._dash(RichLog)
@@ -275,6 +269,8 @@ class KvpanelApp(App[None]):
             if message.text != self.last_error:  # one toast per distinct problem
                 self.notify(message.text, title="update failed", severity="error")
             self.last_error = message.text
+            self.connection.failed(message.text)
+            self._show_connection()
             self._update_subtitle()
         else:
             self.notify(message.text, title="action failed", severity="error", timeout=8)
@@ -362,6 +358,12 @@ class KvpanelApp(App[None]):
     def action_cycle_theme(self) -> None:
         self.theme = next_theme(self.panel_themes, self.theme)
         self.notify(f"Theme: {self.theme}", timeout=2)
+
+    def action_show_log(self) -> None:
+        self._dash(TabbedContent).active = "tab-log"
+
+    def action_show_bench(self) -> None:
+        self._dash(TabbedContent).active = "tab-bench"
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):

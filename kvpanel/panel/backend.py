@@ -8,6 +8,7 @@ Every method may block (network), so the app only calls them from thread workers
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from kvpanel.bench.long_doc_qa import INTERACTIVE_DEFAULTS, BenchParams
@@ -52,29 +53,70 @@ class PanelBackend(Protocol):
 
 
 class HttpBackend:
-    """The control API of `kvpanel serve` over HTTP (sync httpx client, bearer token)."""
+    """The control API of `kvpanel serve` over HTTP (sync httpx client, bearer token).
 
-    def __init__(self, url: str, token: str | None, timeout: float = 5.0) -> None:
+    ``token_file``: where the token came from (the local server's state dir). On a 401 the file
+    is read again, so a panel attached to a server that restarted with a new token reconnects
+    by itself; a token given by the user (--token, $KVPANEL_TOKEN) is never replaced.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None,
+        timeout: float = 5.0,
+        token_file: Path | None = None,
+    ) -> None:
         import httpx
 
         self.url = url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.token = token
+        self.token_file = token_file
         self._httpx = httpx
-        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._client = httpx.Client(base_url=self.url, timeout=timeout)
+        self._set_token(token)
+
+    def _set_token(self, token: str | None) -> None:
+        self.token = token
+        self._client.headers.pop("Authorization", None)
+        if token:
+            self._client.headers["Authorization"] = f"Bearer {token}"
+
+    def _token_file_changed(self) -> bool:
+        """Re-read token_file; True (and the new token in use) when it holds another token."""
+        if self.token_file is None:
+            return False
+        from kvpanel.serve.auth import read_token_file
+        from kvpanel.settings import ConfigError
+
+        try:
+            token = read_token_file(self.token_file)
+        except (ConfigError, OSError):
+            return False  # a half-written or unsafe file: keep the old token, retry later
+        if not token or token == self.token:
+            return False
+        self._set_token(token)
+        return True
 
     def close(self) -> None:
         self._client.close()
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def _send(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
         httpx = self._httpx
         try:
-            resp = self._client.request(method, API + path, json=body)
+            return self._client.request(method, API + path, json=body)
         except httpx.TimeoutException:
             raise BackendError(f"cannot reach {self.url}: timed out") from None
         except httpx.HTTPError as e:
             raise BackendError(f"cannot reach {self.url}: {e or type(e).__name__}") from None
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        resp = self._send(method, path, body)
+        if resp.status_code == 401 and self._token_file_changed():
+            resp = self._send(method, path, body)
         if resp.status_code == 401:
-            raise BackendError("unauthorized: wrong or missing token")
+            where = f" (also after re-reading {self.token_file})" if self.token_file else ""
+            raise BackendError(f"unauthorized: wrong or missing token{where}")
         try:
             data = resp.json()
         except (json.JSONDecodeError, ValueError):

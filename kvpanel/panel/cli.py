@@ -128,6 +128,7 @@ def resolve_token(args: argparse.Namespace, prog: str) -> str | None:
         raise SystemExit(2)
     try:
         token = read_token_file(path)
+        args.token_file = path  # read again when the server answers 401 (a new token)
     except (ConfigError, OSError) as e:
         print(f"{prog}: cannot read the token file: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -157,7 +158,9 @@ def attach_main(argv: list[str] | None = None) -> int:
         token = resolve_token(args, "kvpanel attach")
     except SystemExit as e:
         return int(e.code or 2)
-    backend = HttpBackend(args.url, token, timeout=args.timeout)
+    backend = HttpBackend(
+        args.url, token, timeout=args.timeout, token_file=getattr(args, "token_file", None)
+    )
     try:
         backend.snapshot()  # fail fast, before taking over the terminal
     except BackendError as e:

@@ -1,5 +1,6 @@
 """The app stylesheet (kept in Python so it needs no package data). Screen.-narrow is < 120
-columns: sparklines and secondary tier columns are hidden there."""
+columns: there the hit history, the % column (the bar shows it) and the big TTFT digits give way
+so that evictions and load/store (in one column) and whole engine lines fit 80 columns."""
 
 APP_CSS = """
 Screen { layout: vertical; background: $background; }
@@ -29,6 +30,7 @@ Screen { layout: vertical; background: $background; }
 .col-evict { width: 8; text-align: right; }
 .col-load { width: 10; text-align: right; }
 .col-store { width: 10; text-align: right; }
+.col-io { width: 10; text-align: right; display: none; }
 .col-health { width: 1fr; min-width: 12; margin-right: 0; }
 
 #middle { height: 8; }
@@ -37,6 +39,7 @@ Screen { layout: vertical; background: $background; }
 #ttft-digits { width: auto; color: $accent; text-style: bold; margin-right: 1; }
 #ttft-side { width: 1fr; }
 #ttft-unit { color: $accent; }
+#ttft-p50 { display: none; }
 #ttft-spark { height: 2; margin-top: 0; }
 #ttft-spark > .sparkline--max-color { color: $error; }
 #ttft-spark > .sparkline--min-color { color: $success 70%; }
@@ -53,10 +56,23 @@ Screen { layout: vertical; background: $background; }
 #bench-progress { height: 1; width: 100%; }
 #bench-table { height: 1fr; }
 
-Screen.-narrow .col-spark, Screen.-narrow .col-evict,
+Screen.-narrow .col-spark, Screen.-narrow .col-pct,
 Screen.-narrow .col-load, Screen.-narrow .col-store { display: none; }
-Screen.-narrow #ttft-spark { display: none; }
+Screen.-narrow .col-io { display: block; width: 10; }
+Screen.-narrow .col-name { width: 6; }
+Screen.-narrow .col-used { width: 13; }
+Screen.-narrow .col-chunks { width: 6; }
+Screen.-narrow .col-hits { width: 5; }
+Screen.-narrow .col-ratio { width: 5; }
+Screen.-narrow .col-evict { width: 5; }
+Screen.-narrow .col-health { min-width: 7; }
+Screen.-narrow #ttft-spark, Screen.-narrow #ttft-digits, Screen.-narrow #ttft-unit {
+    display: none;
+}
+Screen.-narrow #ttft-p50 { display: block; }
 Screen.-narrow #middle { height: 7; }
-Screen.-narrow #ttft { width: 24; }
-Screen.-narrow #traffic { width: 29; }
+Screen.-narrow #ttft { width: 14; }
+Screen.-narrow #ttft-top { height: 5; }
+Screen.-narrow #traffic { width: 27; }
+#tiers.-stale { border: round $error; }
 """

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from kvpanel.settings import TIER_ORDER
+from kvpanel.settings import fmt_size as fmt_size  # one size format, panel and engine
 
 # "4G" / "512M" are what people type for memory, so bare letters are binary (like `free -g`
 # and docker's --memory); "GB" is decimal and "GiB" binary, as written.
@@ -69,11 +70,13 @@ def fmt_bytes(n: float | int | None) -> str:
 
 
 def fmt_pair(used: int, cap: int) -> str:
-    """'12.3/16.0 GiB' with a shared unit, so the column stays short."""
+    """'12.3/16.0 GiB' with a shared unit, so the column stays short; no decimals from 100
+    units up ('398/512 GiB'), where they tell nothing and cost the narrow layout columns."""
     top = max(used, cap)
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if top >= size:
-            return f"{used / size:.1f}/{cap / size:.1f} {unit}"
+            d = 0 if top / size >= 100 else 1
+            return f"{used / size:.{d}f}/{cap / size:.{d}f} {unit}"
     return f"{used}/{cap} B"
 
 

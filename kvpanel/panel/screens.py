@@ -9,14 +9,14 @@ from typing import Any
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
+from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
 from kvpanel.panel.backend import BENCH_DEFAULTS, REPEAT_MODES
 from kvpanel.panel.fmt import fmt_bytes, fmt_count, parse_size, resize_preview
-from kvpanel.settings import GPU_TIER
+from kvpanel.settings import ENGINE_TIER
 
 MAX_CAPACITY = 1 << 50  # 1 PiB: anything above is a typo, not a cache size
 MODAL_CSS = """
@@ -37,7 +37,7 @@ def tier_options(tiers: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         (f"{name}  ({fmt_bytes(t.get('capacity_bytes', 0))})", name)
         for name, t in tiers.items()
-        if name != GPU_TIER  # vLLM's own KV cache: sized at startup, not through kvpanel
+        if name != ENGINE_TIER  # vLLM's own KV cache: sized at startup, not through kvpanel
     ]
 
 
@@ -61,7 +61,7 @@ class ResizeScreen(DialogScreen):
 
     def __init__(self, tiers: dict[str, Any], host_ram: int | None = None, tier: str = "cpu"):
         super().__init__()
-        self.tiers = {k: v for k, v in tiers.items() if k != GPU_TIER}
+        self.tiers = {k: v for k, v in tiers.items() if k != ENGINE_TIER}
         self.host_ram = host_ram or None
         self.initial = tier if tier in self.tiers else next(iter(self.tiers), None)
 
@@ -92,7 +92,7 @@ class ResizeScreen(DialogScreen):
         error = ""
         size = 0
         if not isinstance(tier, str) or tier not in self.tiers:
-            error = "no resizable tier (gpu is sized by vLLM)"
+            error = f"no resizable tier ({ENGINE_TIER} is sized by vLLM)"
         elif not text.strip():
             preview.update(Content("Current: ") + fmt_bytes(self.tiers[tier]["capacity_bytes"]))
             preview.remove_class("error")
@@ -103,8 +103,15 @@ class ResizeScreen(DialogScreen):
             except ValueError as e:
                 error = str(e)
             else:
+                # The server's own bound (disk: free space + what the tier holds; cpu: 90%
+                # of RAM), so that what the preview accepts, the server accepts.
+                limit = self.tiers[tier].get("max_capacity_bytes")
                 if size > MAX_CAPACITY:
                     error = f"too large: {fmt_bytes(size)} (limit {fmt_bytes(MAX_CAPACITY)})"
+                elif isinstance(limit, int) and size > limit:
+                    error = f"too large: {fmt_bytes(size)}, {tier} can grow to {fmt_bytes(limit)}"
+                    if tier == "disk":
+                        error += " (free space + what it holds)"
                 elif tier == "cpu" and self.host_ram and size > self.host_ram:
                     error = f"larger than host RAM ({fmt_bytes(self.host_ram)})"
         if error:
@@ -138,7 +145,7 @@ class ClearScreen(DialogScreen):
 
     def __init__(self, tiers: dict[str, Any], tier: str = "cpu") -> None:
         super().__init__()
-        self.tiers = {k: v for k, v in tiers.items() if k != GPU_TIER}
+        self.tiers = {k: v for k, v in tiers.items() if k != ENGINE_TIER}
         self.initial = tier if tier in self.tiers else next(iter(self.tiers), None)
 
     def compose(self) -> ComposeResult:
@@ -251,24 +258,29 @@ class BenchScreen(DialogScreen):
             self.dismiss(result)
 
 
+# Lines of at most 74 characters: the dialog is 76 wide inside at 80 columns.
 HELP_TEXT = """\
-[b $primary]kvpanel[/] shows the KV-cache tiers of a running [b]kvpanel serve[/] and lets you
-change them. All data comes from the control API; nothing here blocks the engine.
+[b $primary]kvpanel[/] shows the KV-cache tiers of a running [b]kvpanel serve[/] and lets
+you change them. All data comes from the control API.
 
-[b]Tiers[/]  occupancy, chunks, hit rate of the last interval (with history), evictions,
-         load/store bandwidth and health. gpu is vLLM's own KV cache (read-only here).
-[b]TTFT[/]   time to first token over the recent window: p50 big, p90/p99 beside it.
+[b]Tiers[/]  occupancy (█ used, ░ free), chunks, hit rate now and since start,
+       history, evictions, load/store GB/s, health. [b]vllm[/] is the engine's
+       own KV cache (read-only here).
+[b]NO DATA[/] banner (red, on top): the server does not answer; the figures
+       are the last received. The panel retries and reconnects by itself.
+[b]TTFT[/]   time to first token over the recent window: p50, p90, p99.
 
 [b $accent]r[/]  resize a tier (4G, 512M, 1.5GiB or bytes; shows evictions first)
 [b $accent]c[/]  clear a tier (asks first)
-[b $accent]b[/]  run the long-doc-qa benchmark; results compare with the previous run
-[b $accent]p[/]  pause / resume updates          [b $accent]t[/]  next theme
+[b $accent]b[/]  run the long-doc-qa benchmark; compares with the previous run
+[b $accent]1[/]  engine log tab                [b $accent]2[/]  benchmark results tab
+[b $accent]p[/]  pause / resume updates        [b $accent]t[/]  next theme
 [b $accent]?[/]  this help (also F1)
 [b $accent]q[/]  QUIT_TEXT
 [b $accent]ctrl+p[/]  command palette: every action, searchable
 
-Themes: kvpanel-dark, kvpanel-light, kvpanel-high-contrast, plus *.toml files in
-$KVPANEL_CONFIG_DIR/themes or ~/.config/kvpanel/themes.
+Themes: kvpanel-dark, kvpanel-light, kvpanel-high-contrast, plus *.toml
+files in $KVPANEL_CONFIG_DIR/themes or ~/.config/kvpanel/themes.
 """
 
 
@@ -302,7 +314,10 @@ class StopServerScreen(DialogScreen):
 
 
 class HelpScreen(DialogScreen):
-    DEFAULT_CSS = MODAL_CSS + "#help-dialog { width: 88; }"
+    # The text scrolls inside the dialog, so Close stays on screen at 80x24.
+    DEFAULT_CSS = (
+        MODAL_CSS + "#help-dialog { width: 88; } #help-body { height: auto; max-height: 65vh; }"
+    )
     BINDINGS = [
         Binding("escape,q,question_mark,f1", "cancel", "Close", id="close-help"),
     ]
@@ -314,6 +329,7 @@ class HelpScreen(DialogScreen):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="help-dialog"):
             yield Label("Help", classes="title")
-            yield Static(Content.from_markup(HELP_TEXT.replace("QUIT_TEXT", self.quit_text)))
+            with VerticalScroll(id="help-body"):
+                yield Static(Content.from_markup(HELP_TEXT.replace("QUIT_TEXT", self.quit_text)))
             with Horizontal(classes="buttons"):
                 yield Button("Close", variant="primary", id="cancel")

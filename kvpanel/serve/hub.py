@@ -26,6 +26,7 @@ from kvpanel.metrics.engine_samples import EngineSamples
 from kvpanel.metrics.interval import IntervalWindow, with_interval
 from kvpanel.metrics.snapshot import SnapshotBuilder
 from kvpanel.serve.logtee import LogTee
+from kvpanel.settings import ENGINE_TIER, TIERS
 from kvpanel.vllm_ext.control import ControlClient
 
 BENCH_FIELDS = {
@@ -74,7 +75,7 @@ class StatusHub:
         self.control = control
         self.logtee = logs
         self.base_url: str | None = None
-        self.gpu_kv_bytes = 0
+        self.engine_kv_bytes = 0
         self._builder = SnapshotBuilder(static)
         self._lock = threading.Lock()
         self._latest: dict[str, Any] | None = None
@@ -98,6 +99,10 @@ class StatusHub:
             self._engine_error = f"engine control socket: {e}"
             return {}, {}
         self._engine_error = None
+        if reply.get("engine_kv_bytes"):
+            # What vLLM allocated, counted by the worker: exact where the estimate from the
+            # model's geometry is not (hybrid models whose layer groups share blocks).
+            self.engine_kv_bytes = int(reply["engine_kv_bytes"])
         return reply.get("tiers", {}), reply.get("transfers", {})
 
     def _interval_start(self, uptime_s: float) -> dict[str, Any] | None:
@@ -114,7 +119,7 @@ class StatusHub:
             with self._lock:
                 bench = dict(self._bench) if self._bench else None
             cumulative = self._builder.build(
-                self.samples.totals(), tiers, transfers, self.gpu_kv_bytes, bench
+                self.samples.totals(), tiers, transfers, self.engine_kv_bytes, bench
             )
             if self._engine_error:
                 cumulative["error"] = self._engine_error
@@ -150,7 +155,19 @@ class StatusHub:
             raise HubError(400, str(reply.get("error", "rejected")))
         return reply
 
+    @staticmethod
+    def _check_managed(tier: str, op: str) -> None:
+        if tier == ENGINE_TIER:
+            raise HubError(
+                409,
+                f"cannot {op} the {ENGINE_TIER} tier: it is vLLM's own KV cache, which vLLM "
+                "manages (sized at engine start by --gpu-memory-utilization or "
+                "--kv-cache-memory-bytes); kvpanel can resize and clear its own tiers: "
+                + ", ".join(TIERS),
+            )
+
     def resize(self, tier: str, capacity_bytes: Any) -> dict[str, Any]:
+        self._check_managed(tier, "resize")
         if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int):
             raise HubError(400, f"capacity_bytes must be an integer, got {capacity_bytes!r}")
         reply = self._engine_call(op="resize", tier=tier, bytes=capacity_bytes)
@@ -158,6 +175,7 @@ class StatusHub:
         return {"ok": True, "tiers": reply["tiers"]}
 
     def clear(self, tier: str) -> dict[str, Any]:
+        self._check_managed(tier, "clear")
         reply = self._engine_call(op="clear", tier=tier)
         stats = reply.get("tiers", {}).get(tier)
         if stats is not None:

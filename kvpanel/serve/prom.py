@@ -13,7 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import REGISTRY, Collector
 
 from kvpanel.serve.hub import StatusHub
-from kvpanel.settings import GPU_TIER
+from kvpanel.settings import ENGINE_TIER
 
 _TIER_GAUGES = {
     "capacity_bytes": "Tier capacity in bytes",
@@ -21,7 +21,7 @@ _TIER_GAUGES = {
     "chunks": "Chunks held by the tier",
     "healthy": "1 when the tier is healthy",
 }
-# hits/misses of kvpanel's tiers count chunks; the gpu tier (vLLM's prefix cache) counts
+# hits/misses of kvpanel's tiers count chunks; the vllm tier (vLLM's prefix cache) counts
 # tokens, so it has series of its own rather than a unit that changes with the label.
 _TIER_COUNTERS = {
     "hits": "Chunks found in a kvpanel tier (cpu, disk, remote), each once per request",
@@ -33,9 +33,9 @@ _TIER_COUNTERS = {
     "bytes_out": "Bytes read from the tier",
 }
 _TOKEN_COUNTED = ("hits", "misses")
-_GPU_TOKEN_COUNTERS = {
-    "hits_tokens": "Prompt tokens found in vLLM's GPU prefix cache",
-    "misses_tokens": "Prompt tokens looked up in vLLM's GPU prefix cache and not found",
+_ENGINE_TOKEN_COUNTERS = {
+    "hits_tokens": "Prompt tokens found in vLLM's own prefix cache (the vllm tier)",
+    "misses_tokens": "Prompt tokens looked up in vLLM's own prefix cache and not found",
 }
 
 
@@ -54,14 +54,14 @@ class KvpanelCollector(Collector):
         for field, doc in _TIER_COUNTERS.items():
             c = CounterMetricFamily(f"kvpanel_tier_{field}", doc, labels=["tier"])
             for name, t in tiers.items():
-                if name != GPU_TIER or field not in _TOKEN_COUNTED:
+                if name != ENGINE_TIER or field not in _TOKEN_COUNTED:
                     c.add_metric([name], float(t.get(field, 0)))
             yield c
-        gpu = tiers.get(GPU_TIER)
-        if gpu is not None:
-            for field, doc in _GPU_TOKEN_COUNTERS.items():
-                c = CounterMetricFamily(f"kvpanel_gpu_prefix_cache_{field}", doc)
-                c.add_metric([], float(gpu.get(field.removesuffix("_tokens"), 0)))
+        engine = tiers.get(ENGINE_TIER)
+        if engine is not None:
+            for field, doc in _ENGINE_TOKEN_COUNTERS.items():
+                c = CounterMetricFamily(f"kvpanel_vllm_prefix_cache_{field}", doc)
+                c.add_metric([], float(engine.get(field.removesuffix("_tokens"), 0)))
                 yield c
         buckets, count, total = self.hub.samples.ttft_histogram()
         yield HistogramMetricFamily(

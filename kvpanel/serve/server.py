@@ -79,8 +79,12 @@ def vllm_argv(opts: ServeOptions, model: str, kv_config: dict[str, Any] | None) 
     return args
 
 
-def gpu_kv_bytes(vllm_config: Any) -> int:
-    """Bytes of the engine's own (GPU, or CPU-platform) KV cache, estimated from its geometry."""
+def engine_kv_bytes(vllm_config: Any) -> int:
+    """Bytes of the engine's own (GPU, or CPU-platform) KV cache, estimated from its geometry.
+
+    Only until kvpanel's worker reports what vLLM allocated (StatusHub takes that figure), and
+    for the offload modes without kvpanel's worker: it counts every layer's page per block, so
+    for hybrid models whose layer groups share blocks (gpt-oss) it reads high (2x for gpt-oss)."""
     try:
         mc, cc, pc = vllm_config.model_config, vllm_config.cache_config, vllm_config.parallel_config
         per_token = (
@@ -161,7 +165,7 @@ class EngineServer:
         )
         self.phases.mark("starting_api")  # the engine is up (its log may have said so already)
         try:
-            self.hub.gpu_kv_bytes = gpu_kv_bytes(engine.vllm_config)
+            self.hub.engine_kv_bytes = engine_kv_bytes(engine.vllm_config)
             tasks = await engine.get_supported_tasks()
             app = build_app(args, tasks, engine.model_config)
             await init_app_state(engine, app.state, args, tasks)

@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from kvpanel.cache.store import TieredStore
+from kvpanel.settings import MAX_TIER_BYTES, fmt_size
 
 log = logging.getLogger("kvpanel")
 _servers: dict[str, socketserver.BaseServer] = {}
@@ -36,21 +37,44 @@ _lock = threading.Lock()
 MAX_REQUEST = 64 * 1024
 
 
-def resize_limit(store: TieredStore, tier: str) -> int:
-    """The largest size a tier may be resized to: more than the machine has is a typo."""
+def resize_limit(store: TieredStore, tier: str) -> tuple[int, str]:
+    """The largest size a tier may be resized to, and what bounds it (for the message): more
+    than the machine can give is a typo. The disk tier may grow by the filesystem's free space
+    (what it already holds stays counted), not to the filesystem's size."""
     if tier == "cpu":
-        return int(psutil.virtual_memory().total * 0.9)
+        limit = int(psutil.virtual_memory().total * 0.9)
+        return limit, f"90% of host RAM, {fmt_size(limit)}"
     if tier == "disk" and store.disk is not None:
-        return shutil.disk_usage(store.disk.dir).total
-    return 1 << 50
+        free = shutil.disk_usage(store.disk.dir).free
+        used = store.disk.stats().used_bytes
+        return free + used, (
+            f"{fmt_size(free)} free on {store.disk.dir} + {fmt_size(used)} the tier holds"
+        )
+    return MAX_TIER_BYTES, f"{fmt_size(MAX_TIER_BYTES)}"
+
+
+# The engine's own KV cache as vLLM allocated it, reported by this process's worker.
+_engine_kv_bytes = 0
+
+
+def report_engine_kv_bytes(n_bytes: int) -> None:
+    global _engine_kv_bytes
+    _engine_kv_bytes = int(n_bytes)
 
 
 def _reply(store: TieredStore, ok: bool = True) -> dict[str, Any]:
-    return {
+    tiers = {n: t.to_dict() for n, t in store.stats().items()}
+    for name, row in tiers.items():
+        # What the panel's resize preview checks against before it sends anything.
+        row["max_capacity_bytes"] = resize_limit(store, name)[0]
+    reply: dict[str, Any] = {
         "ok": ok,
-        "tiers": {n: t.to_dict() for n, t in store.stats().items()},
+        "tiers": tiers,
         "transfers": store.transfers().to_dict(),
     }
+    if _engine_kv_bytes:
+        reply["engine_kv_bytes"] = _engine_kv_bytes
+    return reply
 
 
 def handle_request(store: TieredStore, request: Any) -> dict[str, Any]:
@@ -67,11 +91,12 @@ def handle_request(store: TieredStore, request: Any) -> dict[str, Any]:
                 return {"ok": False, "error": f"bytes must be a non-negative integer, got {size!r}"}
             if tier not in store.stats():
                 return {"ok": False, "error": f"unknown tier {tier!r}"}
-            limit = resize_limit(store, str(tier))
+            limit, bound = resize_limit(store, str(tier))
             if size > limit:
                 return {
                     "ok": False,
-                    "error": f"{tier} size {size} exceeds what this machine has ({limit} bytes)",
+                    "error": f"{tier} cannot grow to {fmt_size(size)}: at most "
+                    f"{fmt_size(limit)} ({bound})",
                 }
             store.resize(str(tier), size)
         elif op == "clear":

@@ -15,6 +15,7 @@ them. On vLLM's CPU platform the copies are plain torch copies, done when submit
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -30,6 +31,7 @@ from kvpanel.vllm_ext.compat import (
     OffloadingWorker,
     TransferResult,
 )
+from kvpanel.vllm_ext.control import report_engine_kv_bytes
 
 
 class _Job(NamedTuple):
@@ -48,6 +50,19 @@ def group_layers(kv_caches: CanonicalKVCaches) -> list[list[torch.Tensor]]:
         [rows[ref.tensor_idx][:, : ref.page_size_bytes] for ref in refs]
         for refs in kv_caches.group_data_refs
     ]
+
+
+def allocated_kv_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the memory behind the engine's KV cache tensors, each allocation counted once.
+
+    Hybrid models (gpt-oss: sliding-window and full-attention layer groups) have several
+    layers' views over one allocation (vLLM's groups alias the same blocks), so summing the
+    layers (or layers x blocks x page) counts the same bytes twice or more."""
+    storages: dict[int, int] = {}
+    for t in tensors:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def chunk_block_table(
@@ -74,6 +89,7 @@ class KvpanelWorker(OffloadingWorker):
         self._checked = False
         self.blocks_per_chunk = blocks_per_chunk
         self.layers = group_layers(kv_caches)
+        report_engine_kv_bytes(allocated_kv_bytes(t.tensor for t in kv_caches.tensors))
         need = max(kernels.chunk_nbytes(g, blocks_per_chunk) for g in self.layers if g)
         if need > store.cpu.slot_bytes:
             raise ValueError(

@@ -36,7 +36,7 @@ def snapshot(i: int, rng: random.Random) -> dict:
             "chunk_tokens": 256,
         },
         "tiers": {
-            "gpu": tier(58 * GiB, gpu_used, 0.62 + 0.2 * wave, 1204 + 37 * i, 9.8, 4.1, rng),
+            "vllm": tier(58 * GiB, gpu_used, 0.62 + 0.2 * wave, 1204 + 37 * i, 9.8, 4.1, rng),
             "cpu": tier(
                 64 * GiB,
                 cpu_used,
@@ -58,7 +58,7 @@ def snapshot(i: int, rng: random.Random) -> dict:
                 256 * GiB, remote_used, 0.07 + 0.04 * rng.random(), 0, 0.9, 0.4, note="rtt 0.9 ms"
             ),
         },
-        "gpu_kv": {"usage": round(0.78 + 0.12 * wave, 3), "prefix_hit_rate": 0.412},
+        "engine_kv": {"usage": round(0.78 + 0.12 * wave, 3), "prefix_hit_rate": 0.412},
         "ttft_s": {
             "p50": round(0.21 + 0.08 * wave + 0.02 * rng.random(), 4),
             "p90": round(0.62 + 0.15 * wave, 4),
@@ -84,7 +84,7 @@ def snapshot(i: int, rng: random.Random) -> dict:
     }
 
 
-LOOKUPS = {"gpu": 2400, "cpu": 900, "disk": 140, "remote": 30}  # per interval
+LOOKUPS = {"vllm": 2400, "cpu": 900, "disk": 140, "remote": 30}  # per interval
 DT = 0.5  # seconds between snapshots
 
 
@@ -141,7 +141,7 @@ def accumulate(snaps: list[dict]) -> None:
 
 LOGS = [
     "INFO 11-28 14:02:11 [api_server.py:1024] Starting vLLM API server on http://0.0.0.0:8000",
-    "INFO 11-28 14:02:11 [kvpanel] tiers: gpu 58.00 GiB, cpu 64.00 GiB, disk 512.00 GiB "
+    "INFO 11-28 14:02:11 [kvpanel] tiers: vllm 58.00 GiB, cpu 64.00 GiB, disk 512.00 GiB "
     "@ /mnt/nvme0/kvpanel, remote redis://kv-cache-01:6379",
     "INFO 11-28 14:02:12 [kvpanel] control API on http://127.0.0.1:8000/kvpanel/v1",
     "INFO 11-28 15:04:01 [loggers.py:123] Engine 000: Avg prompt throughput: 18234.1 tokens/s, "

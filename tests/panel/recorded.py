@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kvpanel.panel.backend import BENCH_DEFAULTS, REPEAT_MODES, BackendError
+from kvpanel.settings import ENGINE_TIER
 
 FIXTURE = Path(__file__).with_name("recorded_stream.json")
 
@@ -84,8 +85,8 @@ class RecordedBackend:
     def resize(self, tier: str, capacity_bytes: int) -> dict[str, Any]:
         self.calls.append(("resize", (tier, capacity_bytes)))
         self._tier(tier)
-        if tier == "gpu":
-            raise BackendError("the gpu tier is vLLM's own KV cache; it cannot be resized here")
+        if tier == ENGINE_TIER:
+            raise BackendError("the vllm tier is vLLM's own KV cache; it cannot be resized here")
         if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int):
             raise BackendError("capacity_bytes must be an integer")
         if capacity_bytes < 0:
@@ -96,8 +97,8 @@ class RecordedBackend:
     def clear(self, tier: str) -> dict[str, Any]:
         self.calls.append(("clear", tier))
         self._tier(tier)
-        if tier == "gpu":
-            raise BackendError("the gpu tier is vLLM's own KV cache; it cannot be cleared here")
+        if tier == ENGINE_TIER:
+            raise BackendError("the vllm tier is vLLM's own KV cache; it cannot be cleared here")
         recorded = self._snapshots[(self._index - 1) % len(self._snapshots)]["tiers"][tier]
         self._cleared_at[tier] = (int(recorded["used_bytes"]), int(recorded["chunks"]))
         return self._tiers_reply()

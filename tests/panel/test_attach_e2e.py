@@ -94,7 +94,9 @@ async def test_attached_panel_shows_cpu_tier_hits(served) -> None:
             assert app.snapshot["tiers"]["cpu"]["hits"] > 0
             # What the rest of the row and the panels show comes from the same server.
             assert int(app.snapshot["tiers"]["cpu"]["chunks"]) >= 2
-            assert model in _label_text(app, "#engine-model")
+            # A local model directory shows by its last part (the path is the tooltip).
+            assert model.rstrip("/").rsplit("/", 1)[-1] in _label_text(app, "#engine-model")
+            assert app.query_one("#engine-model").tooltip == model
             assert server.url in app.sub_title
     finally:
         backend.close()

@@ -29,10 +29,10 @@ def metric_lines(text: str, prefix: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
-def test_tier_hits_count_chunks_and_the_gpu_prefix_cache_counts_tokens() -> None:
+def test_tier_hits_count_chunks_and_the_vllm_prefix_cache_counts_tokens() -> None:
     hub = StandInHub(
         {
-            "gpu": {"hits": 640, "misses": 360, "capacity_bytes": 1 << 30},
+            "vllm": {"hits": 640, "misses": 360, "capacity_bytes": 1 << 30},
             "cpu": {"hits": 3, "misses": 1, "dropped": 2, "capacity_bytes": 1 << 30},
         }
     )
@@ -41,14 +41,14 @@ def test_tier_hits_count_chunks_and_the_gpu_prefix_cache_counts_tokens() -> None
         'kvpanel_tier_hits_total{tier="cpu"} 3.0'
     ]
     assert "# HELP kvpanel_tier_hits_total Chunks " in text
-    assert metric_lines(text, "kvpanel_gpu_prefix_cache_hits_tokens_total") == [
-        "kvpanel_gpu_prefix_cache_hits_tokens_total 640.0"
+    assert metric_lines(text, "kvpanel_vllm_prefix_cache_hits_tokens_total") == [
+        "kvpanel_vllm_prefix_cache_hits_tokens_total 640.0"
     ]
-    assert metric_lines(text, "kvpanel_gpu_prefix_cache_misses_tokens_total") == [
-        "kvpanel_gpu_prefix_cache_misses_tokens_total 360.0"
+    assert metric_lines(text, "kvpanel_vllm_prefix_cache_misses_tokens_total") == [
+        "kvpanel_vllm_prefix_cache_misses_tokens_total 360.0"
     ]
     assert 'kvpanel_tier_dropped_total{tier="cpu"} 2.0' in text
-    assert 'kvpanel_tier_capacity_bytes{tier="gpu"}' in text  # bytes: one unit for every tier
+    assert 'kvpanel_tier_capacity_bytes{tier="vllm"}' in text  # bytes: one unit for every tier
 
 
 def test_ttft_is_a_histogram_of_every_request_since_start() -> None:
