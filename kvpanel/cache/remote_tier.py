@@ -36,6 +36,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 from redis.exceptions import ResponseError
+from redis.utils import HIREDIS_AVAILABLE
 
 from kvpanel.cache import remote_format as fmt
 from kvpanel.cache.buffers import Payload, as_byte_view
@@ -67,7 +68,7 @@ class RemoteTier(WriteBehind):
         stats_interval_s: float = 5.0,
         miss_ttl_s: float = 5.0,
         max_remembered_misses: int = 65536,
-        lookup_budget_s: float = 0.01,
+        lookup_budget_s: float = 0.025,
         index_interval_s: float = 2.0,
         max_indexed_keys: int = 1 << 18,
         secret: CacheSecret | None = None,
@@ -102,6 +103,8 @@ class RemoteTier(WriteBehind):
         self._closed = False
         self._stop = threading.Event()
         self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, max_queue))
+        if not HIREDIS_AVAILABLE:
+            log.warning("kvpanel remote tier: hiredis is not installed; reads are ~5x slower")
         # Connect now so the first lookups can already hit; a failure just starts us unhealthy.
         self._link.probe()
         self._link.start()

@@ -11,9 +11,12 @@ server) is given up on: its key answers MISS, a replacement worker promotes the 
 its CPU slot stays reserved (WRITING, never readable) until the read returns.
 
 Remote lookups never do I/O on the caller's (scheduler's) thread: a key the remote tier may
-have is answered PENDING while a fetch thread GETs it; absent or invalid values end as a MISS
-on a later poll (the remote tier remembers them briefly), valid ones as a CPU HIT. A CPU slot
-is reserved only once the bytes are in hand, so a cold prompt evicts nothing.
+have is answered PENDING while fetch threads GET it (``BatchFetcher``: several keys per
+pipeline); absent or invalid values end as a MISS on a later poll (the remote tier remembers
+them briefly), valid ones as a CPU HIT. A CPU slot is reserved only once the bytes are in hand,
+so a cold prompt evicts nothing. While Redis answers slower than its lookup budget, the tier
+says "may have" only for keys it knows are there, so a cold prompt is a MISS at once instead of
+waiting a slow round trip to learn that.
 
 ``secret`` (bytes shared by trusted servers): disk and Redis chunks carry a keyed MAC and live
 in a namespace of that secret (``kvpanel.cache.secret``); without it they are checked, not
@@ -29,7 +32,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,7 @@ from kvpanel.cache.cpu_tier import CpuTier, Reservation
 from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.promoter import Promotion, PromotionPool
+from kvpanel.cache.remote_fetch import BatchFetcher
 from kvpanel.cache.secret import CacheSecret
 from kvpanel.cache.stats import TierStats, TransferTotals
 from kvpanel.settings import TIERS
@@ -49,6 +52,9 @@ if TYPE_CHECKING:  # imported when used: redis-py is only needed with a remote_u
     from kvpanel.cache.remote_tier import RemoteTier
 
 log = logging.getLogger("kvpanel")
+
+# Values held by one fetch batch before they are copied into CPU slots.
+_REMOTE_BATCH_BYTES = 64 << 20
 
 
 class LookupState(Enum):
@@ -85,7 +91,8 @@ class TieredStore:
             self.disk = DiskTier(disk_path, fp, disk_bytes, secret=keyed)
         self._transfers = TransferTotals()
         self._lock = threading.Lock()
-        self._pending: dict[ChunkKey, Future[None] | Promotion] = {}
+        # key -> its disk promotion, or None while the remote fetch threads have it.
+        self._pending: dict[ChunkKey, Promotion | None] = {}
         self._given_up: set[ChunkKey] = set()  # promotions past their deadline, still running
         self._promote_timeout_s = promote_timeout_s
         # Reads given up on and not yet returned, past which the disk counts as stalled: one stuck
@@ -96,15 +103,18 @@ class TieredStore:
         # Redis errors never raise from here (an unreachable Redis is an unhealthy tier); a
         # malformed URL does, as a ValueError, since that is a configuration mistake.
         self.remote: RemoteTier | None = None
-        self._fetcher: ThreadPoolExecutor | None = None
+        self._fetcher: BatchFetcher | None = None
         if remote_url:
             from kvpanel.cache.remote_tier import RemoteTier
 
             self.remote = RemoteTier(remote_url, fp, secret=keyed, **dict(remote_options or {}))
-            # Own pool: a slow Redis must not hold up disk promotions, and several GETs in
-            # flight hide the round trip when a prompt's chunks are looked up one by one.
-            self._fetcher = ThreadPoolExecutor(
-                max_workers=max(1, remote_workers), thread_name_prefix="kvpanel-remote-get"
+            # Own threads: a slow Redis must not hold up disk promotions. A batch is bounded
+            # in bytes (values are held in memory until copied into their slots).
+            self._fetcher = BatchFetcher(
+                remote_workers,
+                max(1, _REMOTE_BATCH_BYTES // max(1, fp.chunk_bytes)),
+                self._fetch_remote,
+                self._forget_pending,
             )
         self._closed = False
 
@@ -140,7 +150,8 @@ class TieredStore:
                 return LookupState.PENDING
             if self.remote is None or self._fetcher is None or not self.remote.may_have(key, count):
                 return LookupState.MISS
-            self._pending[key] = self._fetcher.submit(self._fetch_remote, key)
+            self._pending[key] = None
+            self._fetcher.submit(key)
             return LookupState.PENDING
 
     def has_pending(self) -> bool:
@@ -177,28 +188,39 @@ class TieredStore:
                 self._pending.pop(key, None)
                 self._given_up.discard(key)
 
-    def _fetch_remote(self, key: ChunkKey) -> None:
+    def _fetch_remote(self, keys: list[ChunkKey]) -> None:
         remote = self.remote
         try:
             assert remote is not None
-            payload = remote.get(key, expect_bytes=self.cpu.slot_bytes)
-            if payload is None:
-                return  # remembered as a miss by the tier (or the tier is down)
-            res = self.cpu.reserve([key])
-            if res is None:
-                remote.note_miss(key)  # no CPU room: do not GET it again on every poll
-                return
-            if not res.keys:
-                return  # stored meanwhile by the engine itself
-            ok = False
-            try:
-                copy_into(self.cpu.view(res.slots[0]), payload)
-                ok = True
-            finally:
-                self.cpu.commit(res.keys, success=ok)
+            payloads = remote.get_many(keys, expect_bytes=self.cpu.slot_bytes)
+            for key, payload in zip(keys, payloads, strict=True):
+                try:
+                    if payload is not None:  # None: remembered as a miss (or the tier is down)
+                        self._publish_remote(remote, key, payload)
+                finally:
+                    self._forget_pending([key])  # answered as soon as it is in its slot
         finally:
-            with self._lock:
-                self._pending.pop(key, None)
+            self._forget_pending(keys)
+
+    def _publish_remote(self, remote: RemoteTier, key: ChunkKey, payload: memoryview) -> None:
+        res = self.cpu.reserve([key])
+        if res is None:
+            remote.note_miss(key)  # no CPU room: do not GET it again on every poll
+            return
+        if not res.keys:
+            return  # stored meanwhile by the engine itself
+        ok = False
+        try:
+            copy_into(self.cpu.view(res.slots[0]), payload)
+            ok = True
+        finally:
+            self.cpu.commit(res.keys, success=ok)
+
+    def _forget_pending(self, keys: list[ChunkKey]) -> None:
+        with self._lock:
+            for key in keys:
+                if key in self._pending and self._pending[key] is None:
+                    del self._pending[key]
 
     # ----- CPU slots (delegated) --------------------------------------------------------------
 
@@ -318,7 +340,7 @@ class TieredStore:
         # Not for promotions given up on, nor for a read hung past the promotion timeout.
         self._promoter.shutdown(wait=True, timeout_s=self._promote_timeout_s)
         if self._fetcher is not None:
-            self._fetcher.shutdown(wait=True)
+            self._fetcher.shutdown()
         if self.disk is not None:
             self.disk.close()  # drains queued writes, whose callbacks unpin CPU slots
         if self.remote is not None:
