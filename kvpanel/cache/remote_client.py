@@ -5,7 +5,7 @@ Primitives:
 - ``RemoteLink``: the redis-py client (``Redis`` or ``RedisCluster``), built lazily and dropped
   on a connection-level error (the tier is then unhealthy: ``down_reason``); a probe thread PINGs
   every ``probe_interval_s`` (reconnecting while down) and refreshes the server's memory stats
-  every ``stats_interval_s``. ``latency_s``: a moving average of pure round trips (the PINGs,
+  every ``stats_interval_s``. ``latency_s``: the median of the last pure round trips (the PINGs,
   and reads that brought no value back), what a lookup of an absent key costs.
 - ``get_many_checked``: (length, value) of many names in one pipeline, each read checked
   against the expected length in Redis first (``remote_format.get_checked`` says how).
@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import redis
@@ -32,7 +34,9 @@ from kvpanel.cache import remote_format as fmt
 log = logging.getLogger("kvpanel")
 
 Client = redis.Redis | RedisCluster
-_LATENCY_WEIGHT = 0.3  # of each new round-trip sample in the moving average
+# Round trips the latency is the median of: one slow PING on a busy host does not make Redis
+# "slow", and a Redis that turned slow (or fast) is seen as such after three samples.
+_LATENCY_SAMPLES = 5
 
 
 class RemoteLink:
@@ -56,7 +60,7 @@ class RemoteLink:
         self._down_reason = "not connected yet"
         self._last_stats = 0.0
         self._rtt_s: float | None = None
-        self._latency_s: float | None = None
+        self._round_trips: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self._server = (0, 0, 0)  # maxmemory, used_memory, keys (whole db, all users)
         self._stop = threading.Event()
         self._prober: threading.Thread | None = None
@@ -68,14 +72,13 @@ class RemoteLink:
 
     @property
     def latency_s(self) -> float | None:
-        """Moving average of round trips that carried no value; None before the first."""
+        """Median of the last round trips that carried no value; None before the first."""
         with self._lock:
-            return self._latency_s
+            return statistics.median(self._round_trips) if self._round_trips else None
 
     def note_round_trip(self, seconds: float) -> None:
         with self._lock:
-            old = self._latency_s
-            self._latency_s = seconds if old is None else old + _LATENCY_WEIGHT * (seconds - old)
+            self._round_trips.append(seconds)
 
     def snapshot(self) -> tuple[bool, str, float | None, tuple[int, int, int]]:
         """(healthy, why down, last PING round trip, (maxmemory, used_memory, keys))."""
