@@ -221,12 +221,11 @@ class RemoteTier(WriteBehind):
             self._gets += len(keys)
             self._get_seconds += dt
         for i, (key, name, reply) in enumerate(zip(keys, names, replies, strict=True)):
-            out[i] = self._validated(client, key, name, reply, value_bytes)
+            out[i] = self._validated(key, name, reply, value_bytes)
         return out
 
     def _validated(
         self,
-        client: object,
         key: ChunkKey,
         name: bytes,
         reply: tuple[int, bytes | None] | Exception,
@@ -299,6 +298,10 @@ class RemoteTier(WriteBehind):
             stored = set_many(self._link.client(), wire, self.url.ttl_s)
         except _ERRORS as e:
             self._on_error(e)
+            return out
+        except Exception:  # the write-behind threads call this: a bug must not kill them
+            log.exception("kvpanel remote tier: put_many failed")
+            self._counters.add(errors=len(wire))
             return out
         done = [items[i][0] for i, ok in zip(sent, stored, strict=True) if ok]
         for i, ok in zip(sent, stored, strict=True):

@@ -106,7 +106,11 @@ def test_put_many_reports_refused_items_without_raising(
             assert (got is not None) is stored
             assert got is None or torch.equal(as_tensor(got), payload(i, big))
         admin.config_set("maxmemory", 0)
-        assert tier.put_many([(key(9), payload(9, big))]) == [True]  # the connection is fine
+        not_cpu = torch.empty(big, dtype=torch.uint8, device="meta")
+        errors = tier.stats().errors
+        # The connection is fine; a payload that is not CPU bytes is refused alone.
+        assert tier.put_many([(key(8), not_cpu), (key(9), payload(9, big))]) == [False, True]
+        assert tier.stats().errors == errors + 1
     finally:
         tier.close()
 
