@@ -363,6 +363,8 @@ class RemoteTier(WriteBehind):
             parts = [] if rtt is None else [f"rtt {rtt * 1e3:.1f} ms"]
             if mean_get is not None:
                 parts.append(f"get {mean_get * 1e3:.1f} ms")
+            if self.slow():
+                parts.append(f"over lookup budget: {len(self._present)} known keys fetched")
             note = ", ".join(parts)
         return self._counters.snapshot(capacity, used, chunks, healthy=healthy, note=note)
 

@@ -134,6 +134,7 @@ def test_slow_redis_answers_cold_lookups_at_once_and_still_serves_its_chunks(
         for i in range(10, 20):
             assert s.lookup(key(i)) is LookupState.MISS
         assert time.perf_counter() - t0 < 0.05 and not s.has_pending()
+        assert "over lookup budget" in s.stats()["remote"].note
 
         s.clear("cpu")
         assert s.lookup(key(2)) is LookupState.PENDING  # ours: known to be there
@@ -146,3 +147,4 @@ def test_slow_redis_answers_cold_lookups_at_once_and_still_serves_its_chunks(
         proxy.delay_s = 0.0  # fast again: the PINGs bring the round trip under the budget
         wait_for(lambda: s.lookup(key(30)) is LookupState.PENDING, timeout=10)
         assert settle(s, key(30)) is LookupState.MISS
+        assert "over lookup budget" not in s.stats()["remote"].note
