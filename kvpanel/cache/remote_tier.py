@@ -70,7 +70,7 @@ class RemoteTier(WriteBehind):
         max_remembered_misses: int = 65536,
         lookup_budget_s: float = 0.025,
         index_interval_s: float = 2.0,
-        max_indexed_keys: int = 1 << 18,
+        max_indexed_keys: int = 1 << 16,
         secret: CacheSecret | None = None,
     ) -> None:
         self.url = fmt.parse_url(url)
