@@ -120,7 +120,11 @@ def test_slow_redis_adds_no_delay_to_cold_prompts(tiny_llama, tmp_path, redis_se
             cold(59)  # the first request after start-up warms more than the tiers
             fast = [cold(60 + i) for i in range(3)]
             proxy.delay_s = delay
-            time.sleep(4)  # the tier's PINGs (one a second) measure the new round trip
+            # The tier's PINGs (one a second) measure the new round trip.
+            deadline = time.monotonic() + 30
+            while "over lookup budget" not in tier_status(url, token)["tiers"]["remote"]["note"]:
+                assert time.monotonic() < deadline, "the tier did not notice the delay"
+                time.sleep(0.3)
             reads = redis_server.client().info("commandstats").get("cmdstat_eval", {})
             slow = [cold(70 + i) for i in range(3)]
             after = redis_server.client().info("commandstats").get("cmdstat_eval", {})
