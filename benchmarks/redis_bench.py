@@ -67,6 +67,22 @@ def start_redis(workdir: str) -> tuple[subprocess.Popen[bytes], str]:
     sys.exit("redis-server did not start")
 
 
+def use_xxh3() -> None:
+    """Replace the unkeyed payload check with xxh3-128 in the tier's modules (this process only;
+    values written so are unreadable by a tree that checks with blake2b)."""
+    import xxhash
+
+    from kvpanel.cache import remote_format, remote_tier
+
+    def xxh3_check(payload, fingerprint, key, secret):  # type: ignore[no-untyped-def]
+        assert secret is None
+        return xxhash.xxh3_128(payload).digest()
+
+    remote_format.payload_check = xxh3_check  # type: ignore[assignment]
+    remote_tier.payload_check = xxh3_check  # type: ignore[assignment]
+    globals()["payload_check"] = xxh3_check
+
+
 def best(fn: Callable[[], object], repeats: int) -> float:
     """Best of ``repeats`` wall times (seconds): the least disturbed run."""
     times = []
@@ -107,7 +123,16 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--url", default=None)
+    ap.add_argument(
+        "--checksum",
+        choices=("tree", "xxh3-128"),
+        default="tree",
+        help="tree: the payload check this tree's tiers use (default); xxh3-128: swap in xxh3-128 "
+        "for this run only, to see the tier's own cost without the checksum",
+    )
     args = ap.parse_args()
+    if args.checksum == "xxh3-128":
+        use_xxh3()
     nbytes = int(args.mib * 2**20)
     fp = Fingerprint("bench/redis", "bfloat16", "bench", 16, 256, nbytes)
     keys = [ChunkKey(i.to_bytes(16, "little")) for i in range(args.chunks)]
@@ -124,7 +149,7 @@ def main() -> None:
     print(
         f"\n{len(keys)} values x {args.mib:g} MiB = {total / 2**20:.0f} MiB per pass, "
         f"{args.connections} connections, best of {args.repeats}, {url}, "
-        f"hiredis parser: {redis.utils.HIREDIS_AVAILABLE}"
+        f"hiredis parser: {redis.utils.HIREDIS_AVAILABLE}, checksum: {args.checksum}"
     )
     print(f"{'operation':<46} {'GB/s':>6} {'ms/value':>9} {'vs bare':>8}")
     bare = {"get": rows[0][1], "put": rows[1][1]}
