@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from kvpanel.bench.long_doc_qa import ProgressCallback
 from kvpanel.bench.result import QUERY, WARMUP
 from kvpanel.bench.server_proc import ServeProcess
-from kvpanel.settings import GPU_TIER
+from kvpanel.settings import ENGINE_TIER
 
 if TYPE_CHECKING:
     from kvpanel.bench.compare import ModeOutcome
@@ -180,7 +180,7 @@ def _yes_no(flag: bool | None) -> str:
 def _tier_rows(status: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """kvpanel's tiers in a status line (not the GPU row: it counts prefix-cache tokens)."""
     tiers = (status or {}).get("tiers") or {}
-    return {k: v for k, v in tiers.items() if k != GPU_TIER and isinstance(v, dict)}
+    return {k: v for k, v in tiers.items() if k != ENGINE_TIER and isinstance(v, dict)}
 
 
 def _stored_chunks(status: Mapping[str, Any] | None) -> int:

@@ -4,7 +4,8 @@ Primitives:
 - ``RemoteUrl``: a parsed ``remote_url`` (redis-py URL, cluster flag, TTL, printable form).
 - ``parse_url``: ``redis://h:p[/db]``, ``rediss://``, ``redis+cluster://h:p`` or ``?cluster=1``,
   ``?ttl=SECONDS``; raises ``ValueError`` naming the problem.
-- ``redis_key``: ``kvpanel:<fingerprint hex>:<chunk key hex>``; ``delete_prefix`` unlinks them all.
+- ``redis_key``: ``kvpanel:<fingerprint hex>:<chunk key hex>``; ``scan_names`` lists them,
+  ``chunk_keys`` parses them back, ``delete_prefix`` unlinks them all.
 - ``connect``: a redis-py client (``Redis`` or ``RedisCluster``) with the tier's timeouts.
 - ``ERRORS`` / ``is_down`` / ``describe`` / ``server_info``: error classes and health helpers.
 - ``encode`` / ``decode``: a value is the disk tier's 64-byte ``ChunkHeader`` (magic, format
@@ -123,19 +124,28 @@ def redis_key(fp_hex: str, key: bytes) -> bytes:
     return f"{KEY_PREFIX}:{fp_hex}:{key.hex()}".encode()
 
 
-def delete_prefix(client: redis.Redis | RedisCluster, fp_hex: str) -> list[bytes]:
-    """Unlink every value under ``key_prefix(fp_hex)``; the chunk keys that were there."""
+def scan_names(client: redis.Redis | RedisCluster, fp_hex: str, count: int = 1000) -> list[bytes]:
+    return list(client.scan_iter(match=f"{key_prefix(fp_hex)}*", count=count))
+
+
+def chunk_keys(names: list[bytes], fp_hex: str) -> list[bytes]:
+    """The chunk keys named by ``names`` (names that only matched the pattern are skipped)."""
     prefix = key_prefix(fp_hex)
-    names = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    pipe = client.pipeline(transaction=False)  # cluster-safe: keys span slots
-    for name in names:
-        pipe.unlink(name)
-    pipe.execute()
     keys: list[bytes] = []
     for name in names:
         with contextlib.suppress(ValueError):  # a foreign name that matched the pattern
             keys.append(bytes.fromhex(name.decode()[len(prefix) :]))
     return keys
+
+
+def delete_prefix(client: redis.Redis | RedisCluster, fp_hex: str) -> list[bytes]:
+    """Unlink every value under ``key_prefix(fp_hex)``; the chunk keys that were there."""
+    names = scan_names(client, fp_hex)
+    pipe = client.pipeline(transaction=False)  # cluster-safe: keys span slots
+    for name in names:
+        pipe.unlink(name)
+    pipe.execute()
+    return chunk_keys(names, fp_hex)
 
 
 def encode(

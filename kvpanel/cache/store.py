@@ -12,9 +12,12 @@ server) is given up on: its key answers MISS, a replacement worker promotes the 
 its CPU slot stays reserved (WRITING, never readable) until the read returns.
 
 Remote lookups never do I/O on the caller's (scheduler's) thread: a key the remote tier may
-have is answered PENDING while a fetch thread GETs it; absent or invalid values end as a MISS
-on a later poll (the remote tier remembers them briefly), valid ones as a CPU HIT. A CPU slot
-is reserved only once the bytes are in hand, so a cold prompt evicts nothing.
+have is answered PENDING while fetch threads GET it (``BatchFetcher``: several keys per
+pipeline); absent or invalid values end as a MISS on a later poll (the remote tier remembers
+them briefly), valid ones as a CPU HIT. A CPU slot is reserved only once the bytes are in hand,
+so a cold prompt evicts nothing. While Redis answers slower than its lookup budget, the tier
+says "may have" only for keys it knows are there, so a cold prompt is a MISS at once instead of
+waiting a slow round trip to learn that.
 
 ``secret`` (bytes shared by trusted servers): disk and Redis chunks carry a keyed MAC and live
 in a namespace of that secret (``kvpanel.cache.secret``); without it they are checked, not
@@ -30,7 +33,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from enum import Enum
 from pathlib import Path
@@ -44,6 +46,7 @@ from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.load_planner import LoadPlanner, RequestPlan
 from kvpanel.cache.promoter import Promotion, PromotionPool
+from kvpanel.cache.remote_fetch import BatchFetcher
 from kvpanel.cache.secret import CacheSecret
 from kvpanel.cache.stats import TierStats, TransferTotals
 from kvpanel.cache.write_behind import WriteBehind, WriteTarget
@@ -56,6 +59,12 @@ log = logging.getLogger("kvpanel")
 
 # The load planner's measurements, next to the disk tier's chunk files, for the next process.
 _PLANNER_NOTE = "planner.json"
+
+# Bytes of values one fetch pipeline asks for: small or absent chunks share a round trip, chunks
+# of 4 MiB and more go one per pipeline and spread over the connections (benchmarks/
+# redis_bench.py, 6 MiB values, 4 connections: 4 values per pipeline moved 0.25 GB/s, one per
+# call 0.65 GB/s in the same run).
+_REMOTE_BATCH_BYTES = 8 << 20
 
 
 class LookupState(Enum):
@@ -80,7 +89,7 @@ class TieredStore:
         remote_options: Mapping[str, Any] | None = None,
         secret: bytes | None = None,
         disk_writers: int = 4,
-        remote_writers: int = 2,
+        remote_writers: int = 4,
     ) -> None:
         self.fingerprint = fp
         keyed = CacheSecret(secret) if secret else None
@@ -95,7 +104,8 @@ class TieredStore:
         self._transfers = TransferTotals()
         self.planner = LoadPlanner(fp.chunk_bytes, fp.chunk_tokens)
         self._lock = threading.Lock()
-        self._pending: dict[ChunkKey, Future[None] | Promotion] = {}
+        # key -> its disk promotion, or None while the remote fetch threads have it.
+        self._pending: dict[ChunkKey, Promotion | None] = {}
         self._given_up: set[ChunkKey] = set()  # promotions past their deadline, still running
         self._promote_timeout_s = promote_timeout_s
         # Reads given up on and not yet returned, past which the disk counts as stalled: one stuck
@@ -106,21 +116,24 @@ class TieredStore:
         # Redis errors never raise from here (an unreachable Redis is an unhealthy tier); a
         # malformed URL does, as a ValueError, since that is a configuration mistake.
         self.remote: RemoteTier | None = None
-        self._fetcher: ThreadPoolExecutor | None = None
+        self._fetcher: BatchFetcher | None = None
         if remote_url:
             from kvpanel.cache.remote_tier import RemoteTier
 
             self.remote = RemoteTier(remote_url, fp, secret=keyed, **dict(remote_options or {}))
-            # Own pool: a slow Redis must not hold up disk promotions, and several GETs in
-            # flight hide the round trip when a prompt's chunks are looked up one by one.
-            self._fetcher = ThreadPoolExecutor(
-                max_workers=max(1, remote_workers), thread_name_prefix="kvpanel-remote-get"
+            # Own threads: a slow Redis must not hold up disk promotions. A batch is bounded
+            # in bytes (values are held in memory until copied into their slots).
+            self._fetcher = BatchFetcher(
+                remote_workers,
+                max(1, _REMOTE_BATCH_BYTES // max(1, fp.chunk_bytes)),
+                self._fetch_remote,
+                self._forget_pending,
             )
         targets: list[tuple[WriteTarget, int]] = []
         if self.disk is not None:
             targets.append((self.disk, disk_writers))
         if self.remote is not None:
-            targets.append((_RemoteTarget(self.remote), remote_writers))
+            targets.append((self.remote, remote_writers))
         self._write_behind = WriteBehind(self.cpu, targets)
         self._closed = False
         if self.disk is not None:
@@ -187,7 +200,8 @@ class TieredStore:
                 return LookupState.PENDING
             if self.remote is None or self._fetcher is None or not self.remote.may_have(key, count):
                 return LookupState.MISS
-            self._pending[key] = self._fetcher.submit(self._fetch_remote, key)
+            self._pending[key] = None
+            self._fetcher.submit(key)
             return LookupState.PENDING
 
     def _admitted(self, tier: str, plan: RequestPlan | None, position: int) -> bool:
@@ -241,28 +255,39 @@ class TieredStore:
                 self._pending.pop(key, None)
                 self._given_up.discard(key)
 
-    def _fetch_remote(self, key: ChunkKey) -> None:
+    def _fetch_remote(self, keys: list[ChunkKey]) -> None:
         remote = self.remote
         try:
             assert remote is not None
-            payload = remote.get(key, expect_bytes=self.cpu.slot_bytes)
-            if payload is None:
-                return  # remembered as a miss by the tier (or the tier is down)
-            res = self.cpu.reserve([key])
-            if res is None:
-                remote.note_miss(key)  # no CPU room: do not GET it again on every poll
-                return
-            if not res.keys:
-                return  # stored meanwhile by the engine itself
-            ok = False
-            try:
-                copy_into(self.cpu.view(res.slots[0]), payload)
-                ok = True
-            finally:
-                self.cpu.commit(res.keys, success=ok)
+            payloads = remote.get_many(keys, expect_bytes=self.cpu.slot_bytes)
+            for key, payload in zip(keys, payloads, strict=True):
+                try:
+                    if payload is not None:  # None: remembered as a miss (or the tier is down)
+                        self._publish_remote(remote, key, payload)
+                finally:
+                    self._forget_pending([key])  # answered as soon as it is in its slot
         finally:
-            with self._lock:
-                self._pending.pop(key, None)
+            self._forget_pending(keys)
+
+    def _publish_remote(self, remote: RemoteTier, key: ChunkKey, payload: memoryview) -> None:
+        res = self.cpu.reserve([key])
+        if res is None:
+            remote.note_miss(key)  # no CPU room: do not GET it again on every poll
+            return
+        if not res.keys:
+            return  # stored meanwhile by the engine itself
+        ok = False
+        try:
+            copy_into(self.cpu.view(res.slots[0]), payload)
+            ok = True
+        finally:
+            self.cpu.commit(res.keys, success=ok)
+
+    def _forget_pending(self, keys: list[ChunkKey]) -> None:
+        with self._lock:
+            for key in keys:
+                if key in self._pending and self._pending[key] is None:
+                    del self._pending[key]
 
     # ----- CPU slots (delegated) --------------------------------------------------------------
 
@@ -369,7 +394,7 @@ class TieredStore:
         # Not for promotions given up on, nor for a read hung past the promotion timeout.
         self._promoter.shutdown(wait=True, timeout_s=self._promote_timeout_s)
         if self._fetcher is not None:
-            self._fetcher.shutdown(wait=True)
+            self._fetcher.shutdown()
         self._write_behind.close()  # writes what is queued, then the tiers can go
         if self.disk is not None:
             self.disk.write_note(_PLANNER_NOTE, self.planner.to_json().encode())
@@ -382,25 +407,3 @@ class TieredStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _RemoteTarget:
-    """The Redis tier as a write-behind target (one SET per call)."""
-
-    name = "remote"
-    batch_bytes = 0
-
-    def __init__(self, remote: RemoteTier) -> None:
-        self._remote = remote
-
-    def accepts(self) -> bool:
-        return self._remote.healthy
-
-    def stores(self, key: ChunkKey) -> bool:
-        return False
-
-    def write_many(self, items: Sequence[tuple[ChunkKey, torch.Tensor]]) -> list[bool]:
-        return [self._remote.put(key, data) for key, data in items]
-
-    def count_dropped(self, n: int) -> None:
-        self._remote.count_dropped(n)

@@ -6,7 +6,6 @@ Without redis-server these tests skip on a developer machine and fail in CI (tes
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,12 +60,10 @@ def test_parse_url() -> None:
             fmt.parse_url(bad)
 
 
-def test_round_trip_sync_and_async(tier: RemoteTier, server: RedisServer, fp: Fingerprint) -> None:
+def test_round_trip(tier: RemoteTier, server: RedisServer, fp: Fingerprint) -> None:
     assert tier.healthy and tier.stats().note.startswith("rtt")
     assert tier.put(key(1), payload(1))
-    done: list[bool] = []
-    assert tier.put_async(key(2), payload(2), done.append)
-    assert tier.flush(5) and done == [True]
+    assert tier.accepts() and tier.write_many([(key(2), payload(2))]) == [True]
     for i in (1, 2):
         got = tier.get(key(i), expect_bytes=CHUNK_BYTES)
         assert got is not None and torch.equal(as_tensor(got), payload(i))
@@ -94,7 +91,7 @@ def test_round_trip_sync_and_async(tier: RemoteTier, server: RedisServer, fp: Fi
 def test_ttl_from_url(server: RedisServer, fp: Fingerprint) -> None:
     with_ttl = RemoteTier(f"{server.url}?ttl=120", fp)
     try:
-        assert with_ttl.put_async(key(1), payload(1)) and with_ttl.flush(5)
+        assert with_ttl.put(key(1), payload(1))
         ttl = server.client().ttl(fmt.redis_key(fp.hex(), key(1)))
         assert 0 < ttl <= 120
     finally:
@@ -250,32 +247,6 @@ def test_secret_namespaces_do_not_meet(server: RedisServer, fp: Fingerprint) -> 
             t.close()
 
 
-def test_full_queue_drops_instead_of_blocking(server: RedisServer, fp: Fingerprint) -> None:
-    t = RemoteTier(server.url, fp, max_queue=1)
-    gate, entered = threading.Event(), threading.Event()
-
-    def hold(_ok: bool) -> None:  # runs on the writer thread: keeps it busy
-        entered.set()
-        gate.wait(10)
-
-    try:
-        assert t.put_async(key(1), payload(1), hold)
-        assert entered.wait(5)  # job 1 left the queue, the writer is stuck in its callback
-        assert t.put_async(key(2), payload(2))  # fills the queue (size 1)
-        t0 = time.perf_counter()
-        assert not t.put_async(key(3), payload(3))  # dropped, not waited for
-        assert time.perf_counter() - t0 < 0.05
-        assert t.put_async(key(2), payload(2))  # duplicate of a queued key: accepted, no-op
-        assert t.stats().dropped == 1
-        gate.set()
-        assert t.flush(5)
-        assert t.get(key(1)) is not None and t.get(key(2)) is not None
-        assert t.get(key(3)) is None
-    finally:
-        gate.set()
-        t.close()
-
-
 def test_redis_killed_then_restarted(server: RedisServer, fp: Fingerprint) -> None:
     t = RemoteTier(server.url, fp, probe_interval_s=0.2)
     try:
@@ -288,16 +259,15 @@ def test_redis_killed_then_restarted(server: RedisServer, fp: Fingerprint) -> No
         t0 = time.perf_counter()
         assert not t.may_have(key(1))  # immediate miss while unhealthy: no I/O at all
         assert t.get(key(1)) is None
-        assert not t.put_async(key(2), payload(2)) and not t.put(key(2), payload(2))
+        assert not t.accepts() and not t.put(key(2), payload(2))
         assert time.perf_counter() - t0 < 0.05
-        assert t.flush(1)
         time.sleep(0.5)  # several failed probes in a row do not break anything
         assert not t.healthy
         server.start()  # same port, empty (no persistence)
         wait_for(lambda: t.healthy, timeout=5)
         assert t.stats().note.startswith("rtt")
         assert t.may_have(key(1)) and t.get(key(1)) is None  # data is gone with the server
-        assert t.put_async(key(1), payload(1)) and t.flush(5)
+        assert t.accepts() and t.put(key(1), payload(1))
         got = t.get(key(1))
         assert got is not None and torch.equal(as_tensor(got), payload(1))
     finally:
@@ -312,7 +282,7 @@ def test_unreachable_from_the_start(fp: Fingerprint) -> None:
         s = t.stats()
         assert not s.healthy and s.note.startswith("unreachable: ")
         assert not t.may_have(key(1)) and t.get(key(1)) is None
-        assert not t.put_async(key(1), payload(1)) and t.flush(1)
+        assert not t.accepts() and not t.put(key(1), payload(1))
         assert t.clear() == []
     finally:
         t.close()
@@ -389,9 +359,7 @@ def test_cluster_round_trip(cluster: list[RedisServer], fp: Fingerprint, form: s
         ids = list(range(100, 124))
         for i in ids[:12]:
             assert t.put(key(i), payload(i))
-        for i in ids[12:]:
-            assert t.put_async(key(i), payload(i))
-        assert t.flush(10)
+        assert t.put_many([(key(i), payload(i)) for i in ids[12:]]) == [True] * 12
         for i in ids:
             got = t.get(key(i), expect_bytes=CHUNK_BYTES)
             assert got is not None
