@@ -69,6 +69,8 @@ class SnapshotBuilder:
                 "bytes_out": 0,
                 "errors": 0,
                 "dropped": 0,
+                "queued_bytes": 0,
+                "skipped_slow": 0,
                 "healthy": True,
                 "note": "prefix cache (tokens)",
                 "load_gbps": 0.0,

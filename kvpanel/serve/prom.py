@@ -20,6 +20,7 @@ _TIER_GAUGES = {
     "used_bytes": "Tier bytes in use",
     "chunks": "Chunks held by the tier",
     "healthy": "1 when the tier is healthy",
+    "queued_bytes": "Bytes committed to the CPU tier waiting for their write to this tier",
 }
 # hits/misses of kvpanel's tiers count chunks; the vllm tier (vLLM's prefix cache) counts
 # tokens, so it has series of its own rather than a unit that changes with the label.
@@ -28,7 +29,8 @@ _TIER_COUNTERS = {
     "misses": "Chunks looked up in a kvpanel tier and not found, each once per request",
     "evictions": "Chunks evicted",
     "errors": "Errors (corrupt chunks, I/O failures)",
-    "dropped": "Writes refused because the tier's write queue was full",
+    "dropped": "Chunks evicted from the CPU tier before their write to this tier",
+    "skipped_slow": "Requests recomputed instead of loaded from this tier (loading was slower)",
     "bytes_in": "Bytes written into the tier",
     "bytes_out": "Bytes read from the tier",
 }
