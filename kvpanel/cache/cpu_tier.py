@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import NamedTuple
@@ -87,6 +87,10 @@ class CpuTier:
         self._live_slots = 0  # slots in non-retiring segments == capacity in slots
         self._allocated_bytes = 0
         self._counters = TierCounters("cpu")
+        # Told (key, readable) each time a chunk becomes readable or stops being readable, under
+        # the tier lock so calls come in the order of the changes (KV events must never announce
+        # a removal before the store it undoes). Must be cheap and must not call the tier.
+        self.readable_listener: Callable[[ChunkKey, bool], None] | None = None
         self._grow_to(capacity_bytes // slot_bytes)
 
     # ----- properties -------------------------------------------------------------------------
@@ -181,6 +185,8 @@ class CpuTier:
                 )
                 assert victim is not None  # guaranteed by the count above
                 self._drop(victim)
+                if self.readable_listener is not None:
+                    self.readable_listener(victim, False)
                 evicted.append(victim)
             slots = [heapq.heappop(self._free) for _ in new]
             for key, slot in zip(new, slots, strict=True):
@@ -206,6 +212,8 @@ class CpuTier:
                     entry.pins -= 1
                     self._lru.add(key)
                     ready[key] = entry.slot
+                    if self.readable_listener is not None:
+                        self.readable_listener(key, True)
                 else:
                     entry.pins -= 1
                     entry.doomed = True
@@ -315,6 +323,9 @@ class CpuTier:
         return self._segments[slot // self._slots_per_segment]
 
     def _doom_or_drop(self, key: ChunkKey, entry: _Entry) -> None:
+        readable = entry.state is ChunkState.READY and not entry.doomed
+        if readable and self.readable_listener is not None:
+            self.readable_listener(key, False)
         self._lru.remove(key)
         if entry.pins > 0:
             entry.doomed = True

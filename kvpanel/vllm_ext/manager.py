@@ -12,6 +12,11 @@ Load or recompute (``cache.load_planner``): each request carries its own decisio
 made on its first chunk held below CPU; the manager feeds the planner what only the scheduler
 sees: the prompt tokens the engine computed (stores), prompt sizes (at ``on_request_finished``)
 and requests that go to the engine (their first miss).
+
+vLLM's hooks: a request's state ends at ``on_request_finished``; ``shutdown`` writes what is
+queued for disk and Redis and closes the store (vLLM calls it after the worker's last
+transfer); ``take_events`` reports the CPU tier under vLLM's keys (``kv_events``);
+``get_load_source`` names the tier a hit came from.
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ from dataclasses import dataclass, field
 from kvpanel.cache.keys import ChunkKey, Fingerprint, chunk_key
 from kvpanel.cache.load_planner import RequestPlan
 from kvpanel.cache.store import LookupState, TieredStore
-from kvpanel.vllm_ext import trace
+from kvpanel.vllm_ext import runtime, trace
 from kvpanel.vllm_ext.compat import (
     BlockIDsLoadStoreSpec,
+    CacheHitSource,
     LoadStoreSpec,
     LookupResult,
+    OffloadingEvent,
     OffloadingManager,
     OffloadKey,
     PrepareStoreOutput,
     ReqContext,
     RequestOffloadingContext,
 )
+from kvpanel.vllm_ext.kv_events import CpuTierEvents
 
 
 class SlotSpec(BlockIDsLoadStoreSpec):
@@ -47,8 +55,10 @@ _LOOKUP = {
 }
 
 
-# Requests whose answered chunks are remembered; older ones are long finished.
-_RECENT_REQUESTS = 1024
+# vLLM reports every request's end (on_request_finished); this bound only keeps a request that
+# vLLM never reports from staying forever. Far above the requests one engine holds at once, so a
+# live request never loses its state (its chunks would be counted again on every poll).
+_MAX_OPEN_REQUESTS = 1 << 16
 # vLLM block hash -> kvpanel key, remembered: the scheduler re-asks about the same blocks on
 # every step while a request waits, and the keyed hash is a third of a lookup's cost (1.3 of
 # ~3.5 us on the CI VM; 0.1 us from here). Cleared when full: a miss only costs the hash again.
@@ -63,6 +73,7 @@ class _Request:
     held: set[ChunkKey] = field(default_factory=set)  # chunks the tiers had for it
     plan: RequestPlan = field(default_factory=RequestPlan)  # load or recompute, per tier
     went_to_engine: bool = False
+    promoted: dict[ChunkKey, CacheHitSource] = field(default_factory=dict)  # hits not from CPU
 
 
 def _position(key: OffloadKey) -> bytes:
@@ -71,19 +82,34 @@ def _position(key: OffloadKey) -> bytes:
 
 
 class KvpanelManager(OffloadingManager):
-    def __init__(self, store: TieredStore, fingerprint: Fingerprint):
+    def __init__(
+        self,
+        store: TieredStore,
+        fingerprint: Fingerprint,
+        *,
+        engine_id: str | None = None,
+        kv_events: bool = False,
+    ):
         self.store = store
         self.fingerprint = fingerprint
+        self.engine_id = engine_id
         self._planner = store.planner
         self._requests: OrderedDict[str, _Request] = OrderedDict()
         self._key_cache: dict[OffloadKey, ChunkKey] = {}
+        self._events = CpuTierEvents(store.cpu) if kv_events else None
+        self._shut_down = False
+
+    @property
+    def open_requests(self) -> int:
+        """Requests asked about and not finished yet."""
+        return len(self._requests)
 
     def _request(self, req_id: str) -> _Request:
         info = self._requests.get(req_id)
         if info is None:
             info = self._requests[req_id] = _Request()
             trace.emit("ask", req=req_id)
-            if len(self._requests) > _RECENT_REQUESTS:  # finished without telling us
+            if len(self._requests) > _MAX_OPEN_REQUESTS:
                 self._requests.popitem(last=False)
         return info
 
@@ -107,6 +133,14 @@ class KvpanelManager(OffloadingManager):
         state = self.store.lookup(ck, count=ck not in info.seen, plan=info.plan, position=position)
         if state is not LookupState.PENDING:  # a promoted chunk counts once more, as a CPU hit
             info.seen.add(ck)
+        if state is LookupState.PENDING and ck not in info.promoted:
+            # Promoted from disk, else from Redis (the store asks disk first); a chunk that
+            # was already in CPU when first asked is a HOST hit.
+            disk = self.store.disk
+            from_disk = disk is not None and disk.contains(ck)
+            info.promoted[ck] = (
+                CacheHitSource.DISK if from_disk else CacheHitSource.EXTERNAL_UNSPECIFIED
+            )
         if state is LookupState.MISS:
             if not info.went_to_engine:
                 info.went_to_engine = True
@@ -115,6 +149,11 @@ class KvpanelManager(OffloadingManager):
             info.blocks.add(_position(key))
             info.held.add(ck)
         return _LOOKUP[state]
+
+    def get_load_source(self, key: OffloadKey, req_context: ReqContext) -> CacheHitSource:
+        info = self._requests.get(req_context.req_id)
+        source = info.promoted.get(self._key(key)) if info is not None else None
+        return source or CacheHitSource.HOST
 
     def prepare_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> LoadStoreSpec:
         trace.emit("admit", req=req_context.req_id, chunks=len(keys))
@@ -137,15 +176,20 @@ class KvpanelManager(OffloadingManager):
         return PrepareStoreOutput(
             keys_to_store=[by_chunk[k] for k in reservation.keys],
             store_spec=SlotSpec(list(reservation.slots)),
-            # Evicted keys are kvpanel keys; vLLM only uses them for KV events, which need the
-            # original block hashes we do not keep. Report none rather than wrong ones.
+            # The evicted chunks' vLLM keys are known only for announced ones, and their
+            # removal is announced by take_events (CpuTierEvents); vLLM reads no more here.
             evicted_keys=[],
         )
 
     def complete_store(
         self, keys: Collection[OffloadKey], req_context: ReqContext, success: bool = True
     ) -> None:
-        self.store.commit(self._keys(keys), success=success)
+        chunks = self._keys(keys)
+        if self._events is not None and success:
+            self._events.expect(zip(chunks, keys, strict=True))
+        self.store.commit(chunks, success=success)
+        if self._events is not None:
+            self._events.settle()
         positions = {_position(k) for k in keys}
         self._planner.note_computed(len(positions) * self.fingerprint.chunk_tokens)
         info = self._requests.get(req_context.req_id)
@@ -169,3 +213,19 @@ class KvpanelManager(OffloadingManager):
 
     def reset_cache(self) -> None:
         self.store.clear("cpu")
+
+    def take_events(self) -> Iterable[OffloadingEvent]:
+        return self._events.take() if self._events is not None else ()
+
+    def shutdown(self) -> None:
+        """Write what is queued for disk and Redis, then close the store: the engine is
+        stopping (vLLM stops the worker first, so no transfer uses the store after this)."""
+        if self._shut_down:
+            return
+        self._shut_down = True
+        if self._events is not None:
+            self._events.close()
+        if self.engine_id is not None:
+            runtime.close_store(self.engine_id)
+        else:
+            self.store.close()

@@ -9,16 +9,20 @@ Primitives:
     open_store(engine_id, factory)  - get or create the engine's store
     all_stores()                    - for stats and control in this process
     mark_managed / check_same_process - the guard that both halves share one process
-    close_all()                     - flush disk writes and release files (process exit)
+    close_store(engine_id)          - write what is queued, release files (manager shutdown)
+    close_all()                     - the same for every store (process exit, a fallback)
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 from collections.abc import Callable
 
 from kvpanel.cache.store import TieredStore
+
+log = logging.getLogger("kvpanel")
 
 _lock = threading.Lock()
 _stores: dict[str, TieredStore] = {}
@@ -59,6 +63,20 @@ def all_stores() -> dict[str, TieredStore]:
         return dict(_stores)
 
 
+def _log_progress(bytes_left: int) -> None:
+    log.info("kvpanel: engine stopping: %.1f MB left to write", bytes_left / 1e6)
+
+
+def close_store(engine_id: str) -> None:
+    """Write the engine's queued disk and Redis chunks (logging progress), then close it."""
+    with _lock:
+        store = _stores.pop(engine_id, None)
+        _managed.discard(engine_id)
+    if store is not None:
+        store.flush(progress=_log_progress)
+        store.close()
+
+
 def close_all() -> None:
     with _lock:
         stores = list(_stores.values())
@@ -67,5 +85,6 @@ def close_all() -> None:
         store.close()
 
 
-# Flush queued disk writes on a clean interpreter exit so a restart finds them.
+# For a store whose manager was never shut down (vLLM's shutdown skipped): write queued
+# chunks on a clean interpreter exit so a restart finds them.
 atexit.register(close_all)

@@ -81,7 +81,6 @@ class KvpanelOffloadingSpec(OffloadingSpec):
         # Before vLLM 0.26's engine core draws its NONE_HASH (after the worker, which builds
         # this spec first): block hashes, and so disk/Redis keys, must survive restarts.
         compat.ensure_deterministic_block_hashes()
-        trace.install_engine_probe()  # KVPANEL_TRACE only: vLLM's side of each handoff
         settings = CacheSettings.from_extra_config(self.extra_config)
         if config.parallel.world_size != 1:
             raise ValueError(
@@ -122,7 +121,12 @@ class KvpanelOffloadingSpec(OffloadingSpec):
                 secret=cache_secret_from_env(os.environ),  # not in s: vLLM logs its config
             )
 
-        store = runtime.open_store(self.config.engine_id, factory)
+        return runtime.open_store(self.config.engine_id, factory)
+
+    def _start_engine_lifecycle(self, store: TieredStore) -> None:
+        """What runs once per engine, on the scheduler side only (where the store's index
+        lives): the control socket, its signal handling and the trace probe."""
+        trace.install_engine_probe()  # KVPANEL_TRACE only: vLLM's side of each handoff
         if self.settings.control_socket:
             from kvpanel.vllm_ext.control import start_control_server
 
@@ -132,14 +136,20 @@ class KvpanelOffloadingSpec(OffloadingSpec):
             # flushed queued disk writes through the control socket.
             with contextlib.suppress(ValueError):  # not the main thread: leave it alone
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-        return store
 
     def get_manager(self) -> OffloadingManager:
         if self._manager is None:
             from kvpanel.vllm_ext.manager import KvpanelManager
 
-            self._manager = KvpanelManager(self.store(), self.fingerprint)
+            store = self.store()
+            self._manager = KvpanelManager(
+                store,
+                self.fingerprint,
+                engine_id=self.config.engine_id,
+                kv_events=compat.kv_events_enabled(self),
+            )
             runtime.mark_managed(self.config.engine_id)
+            self._start_engine_lifecycle(store)
         return self._manager
 
     def get_worker(self, kv_caches: CanonicalKVCaches) -> OffloadingWorker:

@@ -160,7 +160,15 @@ class KvpanelWorker(OffloadingWorker):
     ) -> bool:
         return self._run(job_id, self._plan(src_spec, dst_spec), to_slots=True)
 
-    def submit_load(self, job_id: int, src_spec: LoadStoreSpec, dst_spec: GPULoadStoreSpec) -> bool:
+    def submit_load(
+        self,
+        job_id: int,
+        src_spec: LoadStoreSpec,
+        dst_spec: GPULoadStoreSpec,
+        expedited: bool = False,
+    ) -> bool:
+        # vLLM 0.33 passes expedited=True for a load it waits on within the step (wait()):
+        # loads already have a stream of their own that no store queues on.
         return self._run(job_id, self._plan(dst_spec, src_spec), to_slots=False)
 
     def get_finished(self) -> list[TransferResult]:

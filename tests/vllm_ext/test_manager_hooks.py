@@ -1,0 +1,132 @@
+"""KvpanelManager on vLLM's OffloadingManager hooks, against a real TieredStore (no engine):
+request state ends at ``on_request_finished``, KV events under vLLM's own keys, the load source,
+and ``shutdown`` writing what is queued."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kvpanel.cache.disk_tier import DiskTier
+from kvpanel.cache.store import TieredStore
+from kvpanel.vllm_ext.compat import CacheHitSource, LookupResult, Medium, ReqContext
+from kvpanel.vllm_ext.manager import KvpanelManager
+
+from .test_manager import CHUNK, make_fp
+
+
+def store_chunks(manager: KvpanelManager, keys: list[bytes], req: str = "w") -> None:
+    ctx = ReqContext(req_id=req)
+    out = manager.prepare_store(keys, ctx)
+    assert out is not None
+    manager.complete_store(out.keys_to_store, ctx)
+
+
+def test_live_requests_keep_their_state_until_finished() -> None:
+    # More requests waiting at once than the old 1,024-request bound: none may lose its
+    # state (its chunks would be counted again on every poll), and finishing drops it.
+    with TieredStore(make_fp(), cpu_bytes=8 * CHUNK) as store:
+        manager = KvpanelManager(store, make_fp())
+        store_chunks(manager, [b"k1"])
+        waiting = [ReqContext(req_id=f"r{i}") for i in range(1500)]
+        for ctx in waiting:
+            assert manager.lookup(b"k1", ctx) is LookupResult.HIT
+        hits = store.stats()["cpu"].hits
+        assert manager.lookup(b"k1", waiting[0]) is LookupResult.HIT  # a re-poll
+        assert store.stats()["cpu"].hits == hits
+        for ctx in waiting:
+            manager.on_request_finished(ctx)
+        assert manager.open_requests == 0
+        # A request vLLM never reported finished stays bounded (a leak guard, not the rule).
+        manager.on_request_finished(ReqContext(req_id="never-seen"))
+        assert manager.open_requests == 0
+
+
+def test_kv_events_report_cpu_stores_and_removals_under_vllm_keys() -> None:
+    with TieredStore(make_fp(), cpu_bytes=2 * CHUNK) as store:
+        manager = KvpanelManager(store, make_fp(), kv_events=True)
+        store_chunks(manager, [b"k1", b"k2"])
+        events = list(manager.take_events())
+        assert [(e.removed, e.medium, sorted(e.keys)) for e in events] == [
+            (False, Medium.CPU, [b"k1", b"k2"])
+        ]
+        assert list(manager.take_events()) == []  # taken once
+        manager.lookup(b"k2", ReqContext(req_id="r"))  # k1 is now the LRU victim
+        store_chunks(manager, [b"k3"])
+        assert [(e.removed, list(e.keys)) for e in manager.take_events()] == [
+            (True, [b"k1"]),
+            (False, [b"k3"]),
+        ]
+        # A store that failed was never readable: nothing to announce.
+        ctx = ReqContext(req_id="f")
+        out = manager.prepare_store([b"k4"], ctx)
+        assert out is not None
+        manager.complete_store(out.keys_to_store, ctx, success=False)
+        assert [(e.removed, list(e.keys)) for e in manager.take_events()] == [(True, [b"k2"])]
+        # A clear (reset_cache or the panel's) removes what was announced, and only that.
+        manager.reset_cache()
+        assert [(e.removed, list(e.keys)) for e in manager.take_events()] == [(True, [b"k3"])]
+        # Shrinking the tier (the panel's resize) evicts: announced as removals too.
+        store_chunks(manager, [b"k5", b"k6"])
+        manager.take_events()
+        store.resize("cpu", CHUNK)  # retires the whole segment: both chunks go
+        assert store.stats()["cpu"].chunks == 0
+        assert [(e.removed, sorted(e.keys)) for e in manager.take_events()] == [
+            (True, [b"k5", b"k6"])
+        ]
+
+
+def test_kv_events_off_keeps_nothing() -> None:
+    with TieredStore(make_fp(), cpu_bytes=2 * CHUNK) as store:
+        manager = KvpanelManager(store, make_fp())
+        store_chunks(manager, [b"k1"])
+        assert list(manager.take_events()) == []
+
+
+def wait_for(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_load_source_names_the_tier_a_hit_came_from(tmp_path: Path) -> None:
+    fp = make_fp()
+    with TieredStore(fp, cpu_bytes=4 * CHUNK, disk_path=tmp_path, disk_bytes=64 * CHUNK) as store:
+        manager = KvpanelManager(store, fp)
+        store_chunks(manager, [b"k1"])
+        assert store.flush(timeout=10)
+        store.clear("cpu")  # k1 now only on disk
+        store_chunks(manager, [b"k2"])
+        ctx = ReqContext(req_id="r")
+        assert manager.lookup(b"k1", ctx) is LookupResult.HIT_PENDING
+        wait_for(lambda: manager.lookup(b"k1", ctx) is LookupResult.HIT)
+        assert manager.lookup(b"k2", ctx) is LookupResult.HIT
+        assert manager.get_load_source(b"k1", ctx) == CacheHitSource.DISK
+        assert manager.get_load_source(b"k2", ctx) == CacheHitSource.HOST
+        manager.on_request_finished(ctx)
+
+
+def test_shutdown_writes_queued_chunks_and_closes_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = threading.Event()
+    write_many = DiskTier.write_many
+
+    def slow_write_many(self, items):  # a disk that is still busy when the engine stops
+        gate.wait(0.5)
+        return write_many(self, items)
+
+    monkeypatch.setattr(DiskTier, "write_many", slow_write_many)
+    fp = make_fp()
+    store = TieredStore(fp, cpu_bytes=8 * CHUNK, disk_path=tmp_path, disk_bytes=64 * CHUNK)
+    manager = KvpanelManager(store, fp)
+    store_chunks(manager, [b"k1", b"k2", b"k3"])
+    assert store.pending_write_bytes() > 0
+    manager.shutdown()
+    assert store.pending_write_bytes() == 0
+    assert len(list(tmp_path.rglob("*.kvc"))) == 3
+    manager.shutdown()  # vLLM may call it again on a second teardown path
