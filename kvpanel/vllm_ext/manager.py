@@ -21,7 +21,7 @@ transfer); ``take_events`` reports the CPU tier under vLLM's keys (``kv_events``
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -98,6 +98,18 @@ class KvpanelManager(OffloadingManager):
         self._key_cache: dict[OffloadKey, ChunkKey] = {}
         self._events = CpuTierEvents(store.cpu) if kv_events else None
         self._shut_down = False
+        # Pins held for vLLM's jobs in flight. vLLM never completes the jobs in flight at a
+        # reset_cache, so their pins are released once the workers are done with them
+        # (on_reset_flushed, vLLM 0.33+); until then their slots must stay reserved.
+        self._storing: set[ChunkKey] = set()
+        self._loading: Counter[ChunkKey] = Counter()
+        self._orphaned: list[tuple[list[ChunkKey], list[ChunkKey]]] = []
+
+    @property
+    def pinned_for_jobs(self) -> int:
+        """Pins held for vLLM's transfer jobs, including those orphaned by a reset."""
+        orphaned = sum(len(s) + len(r) for s, r in self._orphaned)
+        return len(self._storing) + sum(self._loading.values()) + orphaned
 
     @property
     def open_requests(self) -> int:
@@ -157,14 +169,24 @@ class KvpanelManager(OffloadingManager):
 
     def prepare_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> LoadStoreSpec:
         trace.emit("admit", req=req_context.req_id, chunks=len(keys))
-        return SlotSpec(self.store.acquire(self._keys(keys)))
+        chunks = self._keys(keys)
+        slots = self.store.acquire(chunks)
+        self._loading.update(chunks)
+        return SlotSpec(slots)
 
     def touch(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
         self.store.touch(self._keys(keys))
 
     def complete_load(self, keys: Collection[OffloadKey], req_context: ReqContext) -> None:
         trace.emit("loaded", req=req_context.req_id)
-        self.store.release(self._keys(keys))
+        chunks = self._keys(keys)
+        for ck in chunks:  # drop at zero: a Counter keeps zero counts
+            left = self._loading[ck] - 1
+            if left > 0:
+                self._loading[ck] = left
+            else:
+                self._loading.pop(ck, None)
+        self.store.release(chunks)
 
     def prepare_store(
         self, keys: Collection[OffloadKey], req_context: ReqContext
@@ -173,6 +195,7 @@ class KvpanelManager(OffloadingManager):
         reservation = self.store.reserve(list(by_chunk))
         if reservation is None:
             return None
+        self._storing.update(reservation.keys)
         return PrepareStoreOutput(
             keys_to_store=[by_chunk[k] for k in reservation.keys],
             store_spec=SlotSpec(list(reservation.slots)),
@@ -185,6 +208,7 @@ class KvpanelManager(OffloadingManager):
         self, keys: Collection[OffloadKey], req_context: ReqContext, success: bool = True
     ) -> None:
         chunks = self._keys(keys)
+        self._storing.difference_update(chunks)
         if self._events is not None and success:
             self._events.expect(zip(chunks, keys, strict=True))
         self.store.commit(chunks, success=success)
@@ -213,6 +237,18 @@ class KvpanelManager(OffloadingManager):
 
     def reset_cache(self) -> None:
         self.store.clear("cpu")
+        loading = list(self._loading.elements())
+        if self._storing or loading:
+            self._orphaned.append((list(self._storing), loading))
+        self._storing = set()
+        self._loading = Counter()
+
+    def on_reset_flushed(self) -> None:
+        # The workers finished every job in flight at the reset: their slots can go.
+        for storing, loading in self._orphaned:
+            self.store.commit(storing, success=False)
+            self.store.release(loading)
+        self._orphaned.clear()
 
     def take_events(self) -> Iterable[OffloadingEvent]:
         return self._events.take() if self._events is not None else ()

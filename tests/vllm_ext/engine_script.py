@@ -156,12 +156,14 @@ def main(spec_path: str, out_path: str) -> None:
         # vLLM reports a finished request to the connector at its next schedule step.
         llm.llm_engine.step()
         open_requests = manager.open_requests
+        pinned = manager.pinned_for_jobs
         queued = sum(s.pending_write_bytes() for s in runtime.all_stores().values())
         del llm
         gc.collect()
         disk = Path(settings.disk_path or "/nonexistent")
         result["after_shutdown"] = {
             "open_requests_before": open_requests,
+            "pinned_for_jobs_before": pinned,
             "queued_bytes_before": queued,
             "stores_left": len(runtime.all_stores()),
             "disk_files": sorted(str(p.relative_to(disk)) for p in disk.rglob("*.kvc")),

@@ -49,8 +49,9 @@ def test_engine_shutdown_writes_queued_chunks(hooks_run):
     assert after["stores_left"] == 0  # and the store was closed
 
 
-def test_every_request_was_finished_through_vllm(hooks_run):
+def test_every_request_and_job_was_finished_through_vllm(hooks_run):
     assert hooks_run["after_shutdown"]["open_requests_before"] == 0
+    assert hooks_run["after_shutdown"]["pinned_for_jobs_before"] == 0  # each load completed
 
 
 def test_disk_hit_reports_disk_as_its_source(hooks_run):

@@ -130,3 +130,26 @@ def test_shutdown_writes_queued_chunks_and_closes_the_store(
     assert store.pending_write_bytes() == 0
     assert len(list(tmp_path.rglob("*.kvc"))) == 3
     manager.shutdown()  # vLLM may call it again on a second teardown path
+
+
+def test_chunks_in_flight_at_a_reset_free_their_slots_once_flushed() -> None:
+    # vLLM never completes the jobs in flight at reset_cache (they are stale); 0.33 says when
+    # the workers are done with them (on_reset_flushed): their slots must come back then.
+    with TieredStore(make_fp(), cpu_bytes=4 * CHUNK) as store:
+        manager = KvpanelManager(store, make_fp())
+        store_chunks(manager, [b"k1"])
+        loading, storing = ReqContext(req_id="l"), ReqContext(req_id="s")
+        assert manager.lookup(b"k1", loading) is LookupResult.HIT
+        manager.prepare_load([b"k1"], loading)  # a load job in flight
+        out = manager.prepare_store([b"k2", b"k3"], storing)  # a store job in flight
+        assert out is not None and len(out.keys_to_store) == 2
+        other = ReqContext(req_id="o")
+        manager.prepare_load([b"k1"], other)
+        manager.complete_load([b"k1"], other)  # a finished load leaves nothing behind
+        manager.reset_cache()
+        fresh = [b"n1", b"n2", b"n3", b"n4"]
+        assert manager.prepare_store(fresh, ReqContext(req_id="x")) is None  # still held
+        manager.on_reset_flushed()
+        out = manager.prepare_store(fresh, ReqContext(req_id="x"))
+        assert out is not None and len(out.keys_to_store) == 4
+        assert manager.pinned_for_jobs == 4  # only the new store's reservations
