@@ -212,6 +212,7 @@ def test_two_servers_share_one_disk_dir(tiny_llama, tmp_path):
         for p in alive:
             p.kill()
         a.stop()
+        temps_after_kill = len([p for p in disk.rglob("*") if ".tmp." in p.name])
         assert len(errors) <= 1, errors  # A's client, once; B's never
         # B evicts under the cap again after its next reconcile (every few seconds).
         time.sleep(6)
@@ -229,7 +230,8 @@ def test_two_servers_share_one_disk_dir(tiny_llama, tmp_path):
     valid, temps = validate_disk_dir(disk)  # every file left is whole and checks out
     assert temps == [], temps  # A's abandoned temp files were removed by B's scans
     print(
-        f"\nstarted both in {started_s:.0f}s; A killed after {len(a_done)} requests; "
+        f"\nstarted both in {started_s:.0f}s; A killed after {len(a_done)} requests, "
+        f"{temps_after_kill} temp files right after; "
         f"{valid} valid files ({len(files)} x {file_bytes} B, cap {d['capacity_bytes']}); B {d}"
     )
 
