@@ -136,6 +136,8 @@ class SharedEviction:
         # A delta, not an overwrite: bytes other writers add during the scan are kept (a file
         # renamed during the scan may be counted twice until the next one: an over-count only
         # evicts early, never lets the directory grow past the cap).
+        with self._lock:
+            self._index.scan_started()
         before = self.usage.read()
         measured = measure_chunks(self._shards.fp_fd, self._file_bytes)
         self.usage.add(measured.total - before)

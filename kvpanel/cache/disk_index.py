@@ -27,6 +27,9 @@ class ChunkIndex:
         self._lru: LruIndex[ChunkKey] = LruIndex()
         self._absent: dict[ChunkKey, float] = {}  # key -> monotonic time its absence expires
         self._negative_ttl_s = negative_ttl_s
+        # Keys added while a scan of the directory runs: the scan may have passed their shard
+        # before their rename, and replacing the index with it must not forget them.
+        self._added_during_scan: set[ChunkKey] | None = None
 
     def __contains__(self, key: object) -> bool:
         return key in self._lru
@@ -42,6 +45,8 @@ class ChunkIndex:
         """As most recently used."""
         self._absent.pop(key, None)
         self._lru.add(key)
+        if self._added_during_scan is not None:
+            self._added_during_scan.add(key)
 
     def touch(self, key: ChunkKey) -> None:
         self._lru.touch(key)
@@ -49,16 +54,30 @@ class ChunkIndex:
     def remove(self, key: ChunkKey) -> bool:
         present = key in self._lru
         self._lru.remove(key)
+        if self._added_during_scan is not None:
+            self._added_during_scan.discard(key)
         return present
 
     def pop_oldest(self) -> ChunkKey | None:
-        return self._lru.pop_oldest()
+        key = self._lru.pop_oldest()
+        if key is not None and self._added_during_scan is not None:
+            self._added_during_scan.discard(key)
+        return key
+
+    def scan_started(self) -> None:
+        self._added_during_scan = set()
 
     def replace(self, oldest_first: Iterable[ChunkKey]) -> None:
-        """The directory as just measured (by mtime, which reads refresh in every process)."""
+        """The directory as measured by the scan begun at ``scan_started`` (ordered by mtime,
+        which reads refresh in every process), plus what was added here since, as newest."""
+        recent = self._added_during_scan or set()
+        self._added_during_scan = None
         self._lru.clear()
         self._absent.clear()
         for key in oldest_first:
+            if key not in recent:
+                self._lru.add(key)
+        for key in recent:
             self._lru.add(key)
 
     def known_absent(self, key: ChunkKey) -> bool:

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -219,3 +220,31 @@ def test_file_evicted_during_the_start_scan_is_no_error(
     finally:
         a.close()
         b.close()
+
+
+def test_write_during_a_reconcile_scan_stays_indexed(
+    tmp_path: Path, fp: Fingerprint, monkeypatch
+) -> None:
+    """A writer thread renames its file after the evictor's scan passed its shard: the index
+    rebuilt from that scan must still hold it (the status counts chunks from the index)."""
+    from kvpanel.cache import disk_evict
+
+    t = DiskTier(tmp_path, fp, 10 * FILE_BYTES, reconcile_s=0.0)  # a scan after every write
+    real_measure = disk_evict.measure_chunks
+    late: list[int] = [5]
+
+    def measure_then_write(*args, **kw):
+        out = real_measure(*args, **kw)
+        if late:
+            i = late.pop()
+            threading.Thread(target=t.put, args=(key(i), data(i))).start()
+            time.sleep(0.2)  # stands for another writer thread finishing meanwhile
+        return out
+
+    monkeypatch.setattr(disk_evict, "measure_chunks", measure_then_write)
+    try:
+        assert t.put(key(1), data(1))  # its post-write scan races the write of key(5)
+        assert sorted(t.keys()) == [key(1), key(5)]
+        assert t.stats().chunks == 2 and t.used_bytes == 2 * FILE_BYTES
+    finally:
+        t.close()
