@@ -1,8 +1,9 @@
 """Tiered KV-chunk storage (CPU slots, disk files), independent of vLLM and of the UI.
 
 Modules: ``keys`` (fingerprints, chunk keys), ``stats`` (per-tier counters), ``lru``,
-``buffers`` (payload conversions), ``cpu_tier``, ``disk_format``, ``disk_lock``,
-``disk_tier``, ``store`` (the ``TieredStore`` facade).
+``buffers`` (payload conversions), ``cpu_tier``, ``disk_format``, ``disk_dirs``,
+``disk_index``, ``disk_share``, ``disk_evict``, ``disk_probe``, ``disk_tier``, ``store`` (the
+``TieredStore`` facade).
 """
 
 from kvpanel.cache.cpu_tier import ChunkState, CpuTier, Reservation

@@ -7,6 +7,11 @@ Primitives:
   ``fingerprint.json`` written. The root itself may be a symlink: that is the operator's choice.
 - ``ShardDirs``: the ``<key hex[:2]>`` shard folders of one fingerprint dir; owns its fd.
 - ``scan_chunks``: the index rebuild's walk: valid chunks, removed junk, counted odd entries.
+- ``measure_chunks``: the evictor's lighter walk (names and sizes only) of what the dir holds.
+
+Several processes may share one fingerprint dir (disk_share.py): a temp file is removed only
+when its writer is gone (its pid, in the name, is dead) or it is older than any live write could
+be (``STALE_TMP_S``), never while another process may still rename it into place.
 
 The cache dir may be shared with other users. Everything below the root is opened relative to
 the fingerprint dir's fd with O_NOFOLLOW, so a shard folder swapped for a link to elsewhere,
@@ -22,12 +27,13 @@ import os
 import secrets
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvpanel.cache import disk_format as fmt
-from kvpanel.cache.keys import ChunkKey, Fingerprint
+from kvpanel.cache.keys import KEY_BYTES, ChunkKey, Fingerprint
 
 log = logging.getLogger("kvpanel")
 
@@ -153,10 +159,20 @@ class ShardDirs:
         if last:
             os.close(self.fp_fd)
 
-    def unlink(self, key: bytes) -> None:
-        """Remove ``key``'s file if there is one; never raises (a directory there stays)."""
+    def unlink(self, key: bytes) -> bool:
+        """Remove ``key``'s file if there is one; never raises (a directory there stays).
+        True only if this call removed it (the caller then owns uncounting its bytes)."""
         with contextlib.suppress(OSError), self.opened(key) as (fd, name):
             os.unlink(name, dir_fd=fd)
+            return True
+        return False
+
+    def file_bytes(self, key: bytes) -> int | None:
+        """Size of ``key``'s file if it is a regular file now, else None (never raises)."""
+        with contextlib.suppress(OSError), self.opened(key) as (fd, name):
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            return st.st_size if stat.S_ISREG(st.st_mode) else None
+        return None
 
 
 @dataclass
@@ -234,8 +250,7 @@ def _scan_shard(fd: int, shard: str, fp_digest: bytes, payload_bytes: int, scan:
             scan.odd.append(f"{shard}/{name}")
             continue
         if is_tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=fd)  # a writer died mid-write
+            _remove_if_abandoned(fd, entry)
             continue
         try:
             key = ChunkKey(bytes.fromhex(name[: -len(fmt.SUFFIX)]))
@@ -243,9 +258,104 @@ def _scan_shard(fd: int, shard: str, fp_digest: bytes, payload_bytes: int, scan:
             if header.payload_bytes != payload_bytes:
                 raise fmt.CorruptChunk(f"payload of {header.payload_bytes} bytes")
             mtime = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mtime
+        except FileNotFoundError:
+            # Evicted by a process sharing the dir since the listing: nothing wrong, and the
+            # name is left alone (a new valid file may have been renamed there meanwhile).
+            continue
         except (ValueError, OSError, fmt.CorruptChunk):
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=fd)
             scan.errors += 1
             continue
         scan.found.append((mtime, key, header.file_bytes))
+
+
+# No live write takes this long; a temp file this old is abandoned even if its pid was reused.
+STALE_TMP_S = 600.0
+
+
+def _writer_alive(tmp_name: str) -> bool:
+    # "<name>.tmp.<pid>.<random>": see disk_format.write_chunk.
+    try:
+        pid = int(tmp_name.split(fmt.TMP_MARKER, 1)[1].split(".", 1)[0])
+    except (IndexError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, another user's
+    return True
+
+
+def _remove_if_abandoned(fd: int, entry: os.DirEntry[str]) -> None:
+    try:
+        age = time.time() - entry.stat(follow_symlinks=False).st_mtime
+    except OSError:
+        return
+    if age > STALE_TMP_S or not _writer_alive(entry.name):
+        with contextlib.suppress(OSError):
+            os.unlink(entry.name, dir_fd=fd)  # its writer died mid-write
+
+
+@dataclass
+class DirMeasure:
+    found: list[tuple[float, ChunkKey]] = field(default_factory=list)  # mtime, key
+    total: int = 0  # bytes of the chunk files found
+    removed: int = 0  # files of a wrong size (never written whole by us) removed
+
+
+def measure_chunks(fp_fd: int, file_bytes: int) -> DirMeasure:
+    """Chunk files of a fingerprint dir by name and size (no header reads: the evictor runs
+    this while the dir is in use; reads still check every file). Wrong-sized chunk files and
+    abandoned temp files are removed; links and odd entries are skipped, never followed."""
+    out = DirMeasure()
+    try:
+        with os.scandir(fp_fd) as it:
+            shards = [e.name for e in it if not e.name.startswith(".")]
+    except OSError:
+        return out
+    for shard in shards:
+        try:
+            fd = open_real_dir(shard, fp_fd, create=False)
+        except OSError:
+            continue  # a file (fingerprint.json), a link, or gone
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)
+            for entry in entries:
+                _measure_entry(fd, entry, file_bytes, out)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return out
+
+
+def _measure_entry(fd: int, entry: os.DirEntry[str], file_bytes: int, out: DirMeasure) -> None:
+    name = entry.name
+    if fmt.TMP_MARKER in name:
+        if entry.is_file(follow_symlinks=False):
+            _remove_if_abandoned(fd, entry)
+        return
+    if not name.endswith(fmt.SUFFIX):
+        return
+    try:
+        key = ChunkKey(bytes.fromhex(name[: -len(fmt.SUFFIX)]))
+        st = entry.stat(follow_symlinks=False)
+    except (ValueError, OSError):
+        return
+    if len(key) != KEY_BYTES:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return
+    if st.st_size != file_bytes:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=fd)
+            out.removed += 1
+        return
+    out.found.append((st.st_mtime, key))
+    out.total += st.st_size

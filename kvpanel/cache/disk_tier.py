@@ -1,10 +1,16 @@
 """Disk tier: one validated file per chunk under ``<root>/<fingerprint hex>/``.
 
 Primitives:
-- ``DiskTierError``: the directory cannot be used (not a dir, not writable, locked).
-- ``DiskTier``: index + LRU of this fingerprint's chunk files, capacity enforcement,
-  synchronous thread-safe writes (several writers at once: ``write_behind.WriteBehind`` drives
-  them), validated reads.
+- ``DiskTierError``: the directory cannot be used (not a dir, not writable).
+- ``DiskTier``: this process's index of the fingerprint's chunk files (disk_index.py), the
+  shared size cap, synchronous thread-safe writes (several writers at once:
+  ``write_behind.WriteBehind`` drives them), validated reads.
+
+Replicas: several processes (or tiers) may share one directory. Files are immutable and appear
+only by rename, so readers open only whole files (one unlinked while read stays whole). The index
+is a cache of the directory (disk_index.py): a miss asks the directory, a file another process
+deleted is a plain miss (no error, nothing else deleted). disk_evict.py keeps the shared cap
+(the smallest among the processes wins), within one chunk in flight per other writing process.
 
 Durability (no fsync by default): a file is written to a temp name and renamed, so readers see
 nothing or a whole file; after a power loss a file whose data never reached the disk fails its
@@ -28,7 +34,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -36,9 +42,10 @@ import torch
 from kvpanel.cache import disk_format as fmt
 from kvpanel.cache.buffers import Payload, as_byte_view
 from kvpanel.cache.disk_dirs import ShardDirs, prepare_fp_dir, read_note, scan_chunks, write_note
-from kvpanel.cache.disk_lock import DirLock, DirLockBusy
+from kvpanel.cache.disk_evict import SharedEviction
+from kvpanel.cache.disk_index import ChunkIndex
+from kvpanel.cache.disk_probe import probe_read_rate
 from kvpanel.cache.keys import ChunkKey, Fingerprint
-from kvpanel.cache.lru import LruIndex
 from kvpanel.cache.secret import CacheSecret, namespace_digest
 from kvpanel.cache.stats import TierCounters, TierStats
 
@@ -66,12 +73,15 @@ class DiskTier:
         fsync: bool = False,
         full_retry_s: float = 30.0,
         secret: CacheSecret | None = None,
+        negative_ttl_s: float = 1.0,
+        reconcile_s: float = 5.0,
     ) -> None:
         self._secret = secret
         self._fp_digest = namespace_digest(fp.digest(), secret)
         # Exactly what the store writes (one whole CPU slot), so a valid checksum over fewer
         # bytes can never leave the rest of a slot holding another chunk's KV.
         self._payload_len = fp.chunk_bytes
+        self._file_bytes = fmt.HEADER_BYTES + fp.chunk_bytes  # every file we index has this size
         self._fsync = fsync
         self._full_retry_s = full_retry_s
         self._capacity = max(0, capacity_bytes)
@@ -84,31 +94,30 @@ class DiskTier:
         except OSError as e:
             raise DiskTierError(f"disk cache path {root} is not usable: {e}") from e
         self.dir = root / dir_name
-        self._dir_lock = DirLock(self.dir, dir_fd=self._shards.fp_fd)
-        try:
-            self._dir_lock.acquire()
-        except DirLockBusy as e:
-            self._shards.close()
-            raise DiskTierError(
-                f"disk cache dir {self.dir} is in use by another kvpanel process "
-                f"(pid {e.holder_pid})"
-            ) from None
-        except OSError as e:
-            self._shards.close()
-            raise DiskTierError(f"disk cache dir {self.dir} cannot be locked: {e}") from e
         self._warned = False
         self._lock = threading.Lock()
-        self._sizes: dict[ChunkKey, int] = {}  # file bytes per chunk
-        self._lru: LruIndex[ChunkKey] = LruIndex()
-        self._used = 0
-        self._reserved = 0  # bytes being written right now
+        self._index = ChunkIndex(negative_ttl_s)
+        self._counters = TierCounters("disk")
+        try:
+            self._eviction = SharedEviction(
+                self._shards,
+                self._index,
+                self._lock,
+                self._file_bytes,
+                reconcile_s,
+                self._freed,
+                self._counters,
+            )
+        except OSError as e:
+            self._shards.close()
+            raise DiskTierError(f"disk cache dir {self.dir} cannot be shared: {e}") from e
+        self._usage = self._eviction.usage
         self._full_since: float | None = None
         self._stop_note = "full"  # why writes are refused while _full_since is set
         self._failed_writes = 0  # in a row, ENOSPC/EDQUOT aside
-        self._counters = TierCounters("disk")
         self._closed = False
         self._rebuild_index()
-        self._enforce_capacity(0)
+        self._eviction.trim(lambda total: total <= self._capacity, wait=True, reconcile=True)
 
     # ----- queries ----------------------------------------------------------------------------
 
@@ -118,39 +127,52 @@ class DiskTier:
 
     @property
     def used_bytes(self) -> int:
-        with self._lock:
-            return self._used
+        """Bytes of chunk files in the directory, all processes sharing it together."""
+        return self._usage.read()
 
     def contains(self, key: ChunkKey) -> bool:
+        """In the index, or (not asked about in the last ``negative_ttl_s``) found in the
+        directory, written there by another process."""
         with self._lock:
-            return key in self._sizes
+            if key in self._index:
+                return True
+            if self._closed or self._index.known_absent(key):
+                return False
+        found = self._shards.file_bytes(key) == self._file_bytes
+        with self._lock:
+            if found:
+                self._index.add(key)
+            else:
+                self._index.note_absent(key)
+        return found
 
     def lookup(self, key: ChunkKey, count: bool = True) -> bool:
-        with self._lock:
-            hit = key in self._sizes
-            if hit:
-                self._lru.touch(key)
+        hit = self.contains(key)
+        if hit:
+            with self._lock:
+                self._index.touch(key)
         if count:
             self._counters.add(hits=int(hit), misses=int(not hit))
         return hit
 
     def keys(self) -> list[ChunkKey]:
         with self._lock:
-            return list(self._lru.victims())
+            return self._index.keys()
 
     def stats(self) -> TierStats:
+        used = self._usage.read()
         with self._lock:
             full = self._is_full()
             note = "disabled" if self._capacity == 0 else self._stop_note if full else ""
             return self._counters.snapshot(
-                self._capacity, self._used, len(self._sizes), healthy=not full, note=note
+                self._capacity, used, len(self._index), healthy=not full, note=note
             )
 
     # ----- reads ------------------------------------------------------------------------------
 
     def get(self, key: ChunkKey) -> bytes | None:
-        buf = bytearray(self._payload_bytes(key) or 0)
-        if not buf or not self._read(key, memoryview(buf)):
+        buf = bytearray(self._payload_len)
+        if not self._read(key, memoryview(buf)):
             return None
         return bytes(buf)
 
@@ -158,22 +180,16 @@ class DiskTier:
         """Read into a contiguous CPU uint8 tensor of at least the payload length."""
         if out.dtype != torch.uint8 or not out.is_contiguous() or out.device.type != "cpu":
             raise ValueError("read_into needs a contiguous CPU uint8 tensor")
-        n = self._payload_bytes(key)
-        if n is None:
+        if not self.contains(key):
             return False
+        n = self._payload_len
         if out.numel() < n:
             raise ValueError(f"read_into: destination holds {out.numel()} bytes, chunk is {n}")
         return self._read(key, out.numpy().data.cast("B")[:n])
 
-    def _payload_bytes(self, key: ChunkKey) -> int | None:
-        with self._lock:
-            size = self._sizes.get(key)
-        return None if size is None else size - fmt.HEADER_BYTES
-
     def _read(self, key: ChunkKey, out: memoryview) -> bool:
-        with self._lock:
-            if key not in self._sizes:
-                return False
+        if not self.contains(key):
+            return False
         try:
             with self._shards.opened(key) as (dir_fd, name):
                 n = fmt.read_chunk(
@@ -181,16 +197,23 @@ class DiskTier:
                 )
                 if n != self._payload_len:
                     raise fmt.CorruptChunk(f"payload of {n} bytes, chunks are {self._payload_len}")
-                with contextlib.suppress(OSError):  # mtime carries LRU order across restarts
+                with contextlib.suppress(OSError):  # mtime: the LRU order every process shares
                     os.utime(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            # Evicted by another process (or by us) since the index saw it: a plain miss. Its
+            # name is not deleted: a new valid file may have been renamed there meanwhile.
+            with self._lock:
+                self._index.remove(key)
+                self._index.note_absent(key)
+            return False
         except (fmt.CorruptChunk, OSError, ValueError):
-            # Never serve doubtful bytes: forget the chunk and delete its file. A file evicted
-            # under our feet is no error, just a miss. (ValueError: the file grew past a slot.)
+            # Never serve doubtful bytes: forget the chunk and delete its file.
+            # (ValueError: the file grew past a slot.)
             if self._forget(key, delete=True):
                 self._counters.add(errors=1)
             return False
         with self._lock:
-            self._lru.touch(key)
+            self._index.touch(key)
         self._counters.add(bytes_out=n)
         return True
 
@@ -222,7 +245,7 @@ class DiskTier:
             if self._closed:
                 return
             self._closed = True
-        self._dir_lock.release()
+        self._eviction.close()
         self._shards.close()
 
     def _write(self, key: ChunkKey, data: Payload) -> bool:
@@ -234,11 +257,10 @@ class DiskTier:
         if payload.nbytes != self._payload_len:
             self._counters.add(errors=1)  # would be refused when read back: never store it
             return False
-        size = fmt.HEADER_BYTES + payload.nbytes
-        with self._lock:
-            if key in self._sizes:
-                return True
-        if not self._enforce_capacity(size):
+        size = self._file_bytes
+        if self.contains(key):  # also when another process wrote it
+            return True
+        if not self._eviction.reserve(size, self._capacity):
             return False
         try:
             with self._shards.opened(key, create=True) as (dir_fd, name):
@@ -253,8 +275,8 @@ class DiskTier:
                 )
         except OSError as e:
             full = e.errno in _FULL_ERRNOS
+            self._eviction.unreserve(size)
             with self._lock:
-                self._reserved -= size
                 self._failed_writes = 0 if full else self._failed_writes + 1
                 # A failing disk (EIO, EROFS, EACCES) must not evict a good chunk per refused
                 # write: after a few in a row it stops admitting like a full one, for a while.
@@ -265,11 +287,16 @@ class DiskTier:
                 self._warn_once("cannot write chunk %s: %s", key.hex(), e)
             self._counters.add(errors=1)
             return False
+        total = self._usage.add(size)
+        self._eviction.unreserve(size)
         with self._lock:
-            self._reserved -= size
             self._failed_writes = 0
-            self._add(key, size)
+            self._index.add(key)
         self._counters.add(bytes_in=payload.nbytes)
+        # Another process may have written while we did: whoever finds the sum over the cap
+        # evicts, so the directory settles within the cap once writes stop.
+        if total > self._capacity or self._eviction.reconcile_due():
+            self._eviction.trim(lambda t: t <= self._capacity)
         return True
 
     # ----- eviction and sizing ----------------------------------------------------------------
@@ -284,42 +311,19 @@ class DiskTier:
         with self._lock:
             self._capacity = max(0, capacity_bytes)
             self._full_since = None
-        return self._evict_until(lambda: self._used + self._reserved <= self._capacity)
+        ev = self._eviction
+        return ev.trim(lambda total: total + ev.reserved <= self._capacity, wait=True)
 
     def clear(self) -> list[ChunkKey]:
-        """Delete every chunk; not counted as evictions (see CpuTier.clear)."""
+        """Delete every chunk of the directory (other processes' too: they share it); not
+        counted as evictions (see CpuTier.clear)."""
         with self._lock:
             self._full_since = None
-        return self._evict_until(lambda: not self._sizes, count=False)
+        return self._eviction.trim(lambda total: total <= 0, wait=True, count=False)
 
-    def _enforce_capacity(self, incoming: int) -> bool:
-        """Make room for ``incoming`` bytes and reserve them; False if they can never fit."""
-        with self._lock:
-            if incoming > self._capacity:
-                return False
-        self._evict_until(lambda: self._used + self._reserved + incoming <= self._capacity)
-        with self._lock:
-            if self._used + self._reserved + incoming > self._capacity:
-                return False  # the rest is being written right now
-            self._reserved += incoming
-            return True
-
-    def _evict_until(self, done: Callable[[], bool], count: bool = True) -> list[ChunkKey]:
-        evicted: list[ChunkKey] = []
-        while True:
-            with self._lock:
-                if done():
-                    break
-                victim = self._lru.pop_oldest()
-                if victim is None:
-                    break
-                self._used -= self._sizes.pop(victim)
-                self._full_since = None  # space freed: try admitting again
-            self._shards.unlink(victim)
-            evicted.append(victim)
-        if evicted and count:
-            self._counters.add(evictions=len(evicted))
-        return evicted
+    def _freed(self) -> None:
+        # With self._lock held (SharedEviction calls it): space freed, try admitting again.
+        self._full_since = None
 
     # ----- index ------------------------------------------------------------------------------
 
@@ -331,23 +335,14 @@ class DiskTier:
             return False
         return True
 
-    def _add(self, key: ChunkKey, size: int) -> None:
-        if key in self._sizes:
-            self._used -= self._sizes[key]
-        self._sizes[key] = size
-        self._used += size
-        self._lru.add(key)
-
     def _forget(self, key: ChunkKey, *, delete: bool) -> bool:
         with self._lock:
-            size = self._sizes.pop(key, None)
-            self._lru.remove(key)
-            if size is not None:
-                self._used -= size
+            known = self._index.remove(key)
+            if known:
                 self._full_since = None
         if delete:
-            self._shards.unlink(key)
-        return size is not None
+            self._eviction.unlink(key)
+        return known
 
     def read_note(self, name: str) -> bytes | None:
         """A small side file of this tier's directory (e.g. the planner's measurements)."""
@@ -367,31 +362,10 @@ class DiskTier:
         return True
 
     def probe_read_rate(self, chunks: int = 8, threads: int = 4) -> float | None:
-        """Bytes/s reading up to ``chunks`` of the most recent chunk files on ``threads``
-        threads (what promotions do), or None without files to read. The files are read as
-        promotions would read them, so a page cache that holds them shows its speed."""
+        """Bytes/s reading up to ``chunks`` of the most recent chunk files (disk_probe.py)."""
         with self._lock:
-            keys = list(self._lru.victims())[-chunks:]
-        if not keys:
-            return None
-        bufs = [torch.empty(self._payload_len, dtype=torch.uint8) for _ in range(threads)]
-        done = [0]
-        lock = threading.Lock()
-
-        def worker(i: int) -> None:
-            for key in keys[i::threads]:
-                if self._read(key, bufs[i].numpy().data.cast("B")):
-                    with lock:
-                        done[0] += self._payload_len
-
-        t0 = time.monotonic()
-        workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(threads)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        elapsed = time.monotonic() - t0
-        return done[0] / elapsed if done[0] and elapsed > 0 else None
+            keys = self._index.keys()[-chunks:]
+        return probe_read_rate(self._read, keys, self._payload_len, threads)
 
     def count_skipped_slow(self) -> None:
         """A held chunk not offered: recomputing it was expected to be faster."""
@@ -412,5 +386,5 @@ class DiskTier:
         scan = scan_chunks(self._shards.fp_fd, self._fp_digest, self._payload_len, self.dir)
         self._counters.add(errors=scan.errors)
         scan.found.sort()
-        for _mtime, key, size in scan.found:
-            self._add(key, size)
+        for _mtime, key, _size in scan.found:
+            self._index.add(key)

@@ -310,7 +310,7 @@ def test_symlinked_lock_and_fingerprint_files_are_not_written_through(
 ) -> None:
     fp_dir = fill(tmp_path / "cache", fp, [1])
     victims = {}
-    for name in (".lock", "fingerprint.json"):
+    for name in (".lock", ".usage", "fingerprint.json"):
         victim = tmp_path / f"victim{name}"
         victim.write_bytes(b"precious")
         (fp_dir / name).unlink()

@@ -1,13 +1,11 @@
 import errno
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import CHUNK_BYTES, REPO_ROOT, key, make_fp, payload
+from conftest import CHUNK_BYTES, key, make_fp, payload
 
 from kvpanel.cache import disk_format as fmt
 from kvpanel.cache.disk_tier import DiskTier, DiskTierError
@@ -160,43 +158,6 @@ def test_unusable_paths(tmp_path: Path, fp: Fingerprint) -> None:
         DiskTier(afile, fp, FILE_BYTES)
     with pytest.raises(DiskTierError, match="not usable"):
         DiskTier(afile / "sub", fp, FILE_BYTES)
-
-
-def test_lock_refuses_second_owner(tmp_path: Path, fp: Fingerprint) -> None:
-    t = DiskTier(tmp_path, fp, FILE_BYTES)
-    try:
-        with pytest.raises(
-            DiskTierError, match=f"in use by another kvpanel process .pid {os.getpid()}"
-        ):
-            DiskTier(tmp_path, fp, FILE_BYTES)
-    finally:
-        t.close()
-    DiskTier(tmp_path, fp, FILE_BYTES).close()  # free again after close
-
-
-def test_lock_held_by_other_process(tmp_path: Path, fp: Fingerprint) -> None:
-    code = (
-        "import sys, time; sys.path[:0] = sys.argv[1:3]; "
-        "from conftest import make_fp; from kvpanel.cache.disk_tier import DiskTier; "
-        "t = DiskTier(sys.argv[3], make_fp(), 1 << 20); print('ready', flush=True); "
-        "sys.stdin.read()"
-    )
-    here = os.path.dirname(__file__)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(REPO_ROOT), here, str(tmp_path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        with pytest.raises(DiskTierError, match=f"pid {proc.pid}"):
-            DiskTier(tmp_path, fp, FILE_BYTES)
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(10)
-    DiskTier(tmp_path, fp, FILE_BYTES).close()
 
 
 def test_disk_full_stops_admitting(
