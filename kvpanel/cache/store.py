@@ -106,6 +106,7 @@ class TieredStore:
         self._lock = threading.Lock()
         # key -> its disk promotion, or None while the remote fetch threads have it.
         self._pending: dict[ChunkKey, Promotion | None] = {}
+        self._promoting = 0  # Promotion entries in _pending: the disk's read backlog, in chunks
         self._given_up: set[ChunkKey] = set()  # promotions past their deadline, still running
         self._promote_timeout_s = promote_timeout_s
         # Reads given up on and not yet returned, past which the disk counts as stalled: one stuck
@@ -197,6 +198,7 @@ class TieredStore:
                 self._pending[key] = self._promoter.submit(
                     lambda job: self._promote(job, key, slot)
                 )
+                self._promoting += 1
                 return LookupState.PENDING
             if self.remote is None or self._fetcher is None or not self.remote.may_have(key, count):
                 return LookupState.MISS
@@ -210,7 +212,7 @@ class TieredStore:
             return True
 
         def admit() -> bool:
-            backlog = sum(1 for j in self._pending.values() if isinstance(j, Promotion))
+            backlog = self._promoting
             prefix_tokens = (position + 1) * self.fingerprint.chunk_tokens
             return self.planner.admit(tier, backlog * self.cpu.slot_bytes, prefix_tokens)
 
@@ -232,6 +234,7 @@ class TieredStore:
         for key, job in list(self._pending.items()):
             if isinstance(job, Promotion) and job.overdue(self._promote_timeout_s, now):
                 del self._pending[key]
+                self._promoting -= 1
                 self._given_up.add(key)
                 self._promoter.give_up(job)
                 if self.disk is not None:
@@ -252,7 +255,8 @@ class TieredStore:
             # Also when given up on: the slot was reserved (WRITING, never served) until now.
             self.cpu.commit([key], success=ok)
             with self._lock:
-                self._pending.pop(key, None)
+                if isinstance(self._pending.pop(key, None), Promotion):
+                    self._promoting -= 1
                 self._given_up.discard(key)
 
     def _fetch_remote(self, keys: list[ChunkKey]) -> None:
