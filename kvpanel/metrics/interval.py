@@ -5,7 +5,7 @@ is a different interval for every consumer (a panel at 2/s, the JSON lines every
 one-off `kvpanel status`), so each consumer keeps its own previous snapshot in an IntervalWindow
 and differences it: consumers never take each other's hits, however they interleave.
 
-Primitives: with_interval(prev, snap) -> snap with the interval fields filled;
+Primitives: with_interval(prev, snap) -> snap with the interval fields filled; restarted(before, now);
 IntervalWindow().apply(snap).
 """
 
@@ -36,13 +36,21 @@ def _hit_rate(now: dict[str, Any], before: dict[str, Any]) -> float | None:
     return hits / (hits + misses)
 
 
+def restarted(before: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Whether ``now`` comes from another server process than ``before`` (a restart)."""
+    old, new = before.get("server_id"), now.get("server_id")
+    if old is not None and new is not None:
+        return bool(old != new)
+    return float(now.get("uptime_s") or 0.0) < float(before.get("uptime_s") or 0.0)
+
+
 def with_interval(prev: dict[str, Any] | None, snap: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``snap`` whose interval fields cover the time since ``prev``.
 
     Without a usable ``prev`` (none, or from before a server restart: uptime went back) the
     snapshot's own figures are kept. ``interval_s`` says how long the interval was.
     """
-    if prev is None:
+    if prev is None or restarted(prev, snap):
         return snap
     seconds = float(snap.get("uptime_s") or 0.0) - float(prev.get("uptime_s") or 0.0)
     if seconds <= 0:

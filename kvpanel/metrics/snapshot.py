@@ -11,6 +11,7 @@ SnapshotBuilder.mark_cleared(tier, tier_stats).
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from kvpanel.metrics.engine_samples import EngineTotals
@@ -31,6 +32,9 @@ class SnapshotBuilder:
         self.started = time.time()
         # uptime_s is monotonic: consumers divide counter deltas by its differences.
         self._started_mono = time.monotonic()
+        # Tells one server process from the next on the same URL: a restarted server may already
+        # have run longer than the old one had when last seen, so uptime alone cannot say.
+        self.server_id = uuid.uuid4().hex[:16]
         self._cleared: dict[str, tuple[int, int, float | None]] = {}  # tier -> (hits, misses, when)
 
     def mark_cleared(self, tier: str, stats: dict[str, Any]) -> None:
@@ -96,6 +100,7 @@ class SnapshotBuilder:
             "schema": SCHEMA_VERSION,
             "ts": time.time(),
             "uptime_s": time.monotonic() - self._started_mono,
+            "server_id": self.server_id,
             "interval_s": None,
             **self.static,
             **({"config": config} if "config" in self.static else {}),

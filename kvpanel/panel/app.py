@@ -20,7 +20,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Header, RichLog, TabbedContent, TabPane
 
-from kvpanel.metrics.interval import IntervalWindow
+from kvpanel.metrics.interval import IntervalWindow, restarted
 from kvpanel.panel.backend import BackendError, PanelBackend
 from kvpanel.panel.bench_view import BenchPane
 from kvpanel.panel.connection import ConnectionBanner, ConnectionState
@@ -192,7 +192,7 @@ class KvpanelApp(App[None]):
         if self.connection.ok():
             self.notify(f"Connected again to {self.source or 'the server'}", timeout=4)
         self._show_connection()
-        if float(snap.get("uptime_s") or 0) < float(self.snapshot.get("uptime_s") or 0):
+        if self.snapshot and restarted(self.snapshot, snap):
             self.server_restarted = True  # its log starts again at line 0
         snap = self.window.apply(snap)
         model_changed = snap.get("model") != self.snapshot.get("model")

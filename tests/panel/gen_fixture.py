@@ -22,6 +22,7 @@ def snapshot(i: int, rng: random.Random) -> dict:
         "schema": 1,
         "ts": 1764370000.0 + i * DT,
         "uptime_s": 3725.0 + i * DT,
+        "server_id": "recorded-server",
         "model": {
             "name": "Qwen/Qwen3-8B",
             "demo": False,

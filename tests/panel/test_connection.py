@@ -126,7 +126,16 @@ def test_backend_rereads_token_file_after_401(token_server: str, tmp_path: Path)
         given.close()
 
 
-async def test_log_of_a_restarted_server_is_read_from_its_first_line() -> None:
+@pytest.mark.parametrize(
+    "new_server",
+    [
+        pytest.param({"uptime_s": 2.0, "server_id": None}, id="uptime-went-back"),
+        # A slow restart: the new server has already run longer than the old one had when last
+        # seen. Only its server_id tells it apart (CI once timed out waiting for the marker).
+        pytest.param({"uptime_s": 1e6, "server_id": "a-new-process"}, id="new-server-id"),
+    ],
+)
+async def test_log_of_a_restarted_server_is_read_from_its_first_line(new_server) -> None:
     from textual.widgets import RichLog
 
     from kvpanel.panel.messages import LogsReady
@@ -136,7 +145,7 @@ async def test_log_of_a_restarted_server_is_read_from_its_first_line() -> None:
         await prime(pilot, 3)  # the old server's log: read up to its end
         assert app.log_next > 3
         old_next = app.log_next
-        restarted = {**app.snapshot, "uptime_s": 2.0}  # the same URL, a new server
+        restarted = {**app.snapshot, **new_server}  # the same URL, a new server
         await app.ingest(restarted)
         new_log = [f"new server line {i}" for i in range(old_next + 5)]
         # The poll that saw the new server asked for its log from the old position.
