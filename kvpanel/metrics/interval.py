@@ -5,8 +5,8 @@ is a different interval for every consumer (a panel at 2/s, the JSON lines every
 one-off `kvpanel status`), so each consumer keeps its own previous snapshot in an IntervalWindow
 and differences it: consumers never take each other's hits, however they interleave.
 
-Primitives: with_interval(prev, snap) -> snap with the interval fields filled; restarted(before, now);
-IntervalWindow().apply(snap).
+Primitives: with_interval(prev, snap) -> snap with the interval fields filled;
+restarted(before, now) -> bool; IntervalWindow().apply(snap).
 """
 
 from __future__ import annotations
