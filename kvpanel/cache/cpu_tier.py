@@ -6,7 +6,8 @@ Primitives:
 - ``CpuTier``: key -> slot map with pin counts, LRU eviction, grow/shrink by segments.
 
 Memory is carved into segments (one uint8 tensor each) of whole slots. A slot id is
-``segment_index * slots_per_segment + offset`` and stays valid while its entry lives.
+``segment_index * slots_per_segment + offset`` and stays valid while its entry lives. Indices
+are never reused: a worker that mapped a segment by index (TP>1, ``host_pool``) keeps its bytes.
 Shrinking retires whole segments: unpinned chunks in them are evicted at once; a segment that
 still holds pinned slots (an in-flight load or store) is "retiring" until the last of them is
 released, so nothing in flight ever loses its memory.
@@ -27,6 +28,7 @@ from typing import NamedTuple
 import torch
 
 from kvpanel.cache.buffers import Payload, copy_into
+from kvpanel.cache.host_pool import SEGMENT_BYTES, PrivateSegments, SegmentMemory, segment_slots
 from kvpanel.cache.keys import ChunkKey
 from kvpanel.cache.lru import LruIndex
 from kvpanel.cache.stats import TierCounters, TierStats
@@ -69,15 +71,17 @@ class CpuTier:
         slot_bytes: int,
         *,
         pin: bool = False,
-        segment_bytes: int = 256 << 20,
+        segment_bytes: int = SEGMENT_BYTES,
+        memory: SegmentMemory | None = None,
     ) -> None:
         if slot_bytes <= 0:
             raise ValueError(f"slot_bytes must be positive, got {slot_bytes}")
         if capacity_bytes < 0:
             raise ValueError(f"capacity_bytes must be >= 0, got {capacity_bytes}")
         self._slot_bytes = slot_bytes
-        self._pin = pin
-        self._slots_per_segment = max(1, segment_bytes // slot_bytes)
+        self._memory = memory if memory is not None else PrivateSegments(pin)
+        self._slots_per_segment = segment_slots(slot_bytes, segment_bytes)
+        self._next_index = 0
         self._lock = threading.Lock()
         self._resize_lock = threading.Lock()  # serializes resize(); never taken under _lock
         self._entries: dict[ChunkKey, _Entry] = {}
@@ -98,6 +102,10 @@ class CpuTier:
     @property
     def slot_bytes(self) -> int:
         return self._slot_bytes
+
+    @property
+    def memory(self) -> SegmentMemory:
+        return self._memory
 
     @property
     def capacity_bytes(self) -> int:
@@ -311,6 +319,10 @@ class CpuTier:
         self._counters.add(evictions=len(evicted))
         return evicted
 
+    def close(self) -> None:
+        """Release shared segment files (other processes' mappings stay valid)."""
+        self._memory.close()
+
     # ----- internals (caller holds the lock, except _grow_to) ---------------------------------
 
     def _visible_ready(self, key: ChunkKey) -> _Entry | None:
@@ -345,6 +357,7 @@ class CpuTier:
 
     def _free_segment(self, seg: _Segment) -> None:
         del self._segments[seg.index]
+        self._memory.free(seg.index)
         self._allocated_bytes -= seg.n_slots * self._slot_bytes
 
     def _shrink_to(self, target: int) -> list[ChunkKey]:
@@ -382,11 +395,10 @@ class CpuTier:
                 missing = target - self._live_slots
                 if missing <= 0:
                     return
-                index = next(i for i in range(len(self._segments) + 1) if i not in self._segments)
+                index = self._next_index
+                self._next_index += 1
             n_slots = min(missing, self._slots_per_segment)
-            tensor = torch.empty(
-                n_slots * self._slot_bytes, dtype=torch.uint8, pin_memory=self._pin
-            )
+            tensor = self._memory.allocate(index, n_slots * self._slot_bytes)
             with self._lock:
                 self._segments[index] = _Segment(index, tensor, n_slots)
                 self._live_slots += n_slots

@@ -8,6 +8,8 @@ Primitives:
   spread over several connections (for bandwidth when they are present).
 - ``shutdown``: stop taking keys; queued ones are handed to ``drop`` (never fetched), then the
   threads are joined.
+- ``fetch_into_cpu``: what one batch does for the store: GET the values, copy each valid one
+  into a fresh CPU slot.
 """
 
 from __future__ import annotations
@@ -16,8 +18,14 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from kvpanel.cache.buffers import copy_into
+from kvpanel.cache.cpu_tier import CpuTier
 from kvpanel.cache.keys import ChunkKey
+
+if TYPE_CHECKING:  # redis-py is only imported with a remote_url
+    from kvpanel.cache.remote_tier import RemoteTier
 
 log = logging.getLogger("kvpanel")
 
@@ -74,3 +82,34 @@ class BatchFetcher:
             self._drop(left)
         for t in self._threads:
             t.join()
+
+
+def fetch_into_cpu(remote: RemoteTier, cpu: CpuTier, keys: list[ChunkKey], forget: Batch) -> None:
+    """GET ``keys`` in one pipeline; each valid value goes into a CPU slot of its own. A key is
+    ``forget``-ten as pending as soon as it is in its slot or known absent (all of them at the
+    end, whatever happened)."""
+    try:
+        payloads = remote.get_many(keys, expect_bytes=cpu.slot_bytes)
+        for key, payload in zip(keys, payloads, strict=True):
+            try:
+                if payload is not None:  # None: remembered as a miss (or the tier is down)
+                    _publish(remote, cpu, key, payload)
+            finally:
+                forget([key])  # answered as soon as it is in its slot
+    finally:
+        forget(keys)
+
+
+def _publish(remote: RemoteTier, cpu: CpuTier, key: ChunkKey, payload: memoryview) -> None:
+    res = cpu.reserve([key])
+    if res is None:
+        remote.note_miss(key)  # no CPU room: do not GET it again on every poll
+        return
+    if not res.keys:
+        return  # stored meanwhile by the engine itself
+    ok = False
+    try:
+        copy_into(cpu.view(res.slots[0]), payload)
+        ok = True
+    finally:
+        cpu.commit(res.keys, success=ok)

@@ -151,3 +151,13 @@ class TransferTotals:
     def to_dict(self) -> dict[str, float]:
         with self._lock:
             return {name: getattr(self, name) for name in self.FIELDS}
+
+    def merge(self, other: object) -> None:
+        """Add another worker's ``to_dict()`` (fields that are not numbers are skipped)."""
+        if not isinstance(other, dict):
+            return
+        with self._lock:
+            for name in self.FIELDS:
+                value = other.get(name)
+                if isinstance(value, int | float) and value >= 0:
+                    setattr(self, name, getattr(self, name) + value)

@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from kvpanel.cache.buffers import copy_into
 from kvpanel.cache.cpu_tier import CpuTier, Reservation
 from kvpanel.cache.disk_tier import DiskTier
+from kvpanel.cache.host_pool import SharedSegments, read_rank_reports, segment_slots
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.load_planner import LoadPlanner, RequestPlan
 from kvpanel.cache.promoter import Promotion, PromotionPool
-from kvpanel.cache.remote_fetch import BatchFetcher
+from kvpanel.cache.remote_fetch import BatchFetcher, fetch_into_cpu
 from kvpanel.cache.secret import CacheSecret
 from kvpanel.cache.stats import TierStats, TransferTotals
 from kvpanel.cache.write_behind import WriteBehind, WriteTarget
@@ -65,6 +65,10 @@ _PLANNER_NOTE = "planner.json"
 # redis_bench.py, 6 MiB values, 4 connections: 4 values per pipeline moved 0.25 GB/s, one per
 # call 0.65 GB/s in the same run).
 _REMOTE_BATCH_BYTES = 8 << 20
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
 
 
 class LookupState(Enum):
@@ -90,12 +94,17 @@ class TieredStore:
         secret: bytes | None = None,
         disk_writers: int = 4,
         remote_writers: int = 4,
+        host_pool: Path | None = None,
     ) -> None:
         self.fingerprint = fp
         keyed = CacheSecret(secret) if secret else None
         if keyed is not None and (disk_bytes > 0 or remote_url):
             log.info("kvpanel store: disk and Redis chunks are keyed with the cache secret")
-        self.cpu = CpuTier(cpu_bytes, fp.chunk_bytes, pin=pin_memory)
+        # host_pool (TP>1): CPU slots in shared files that every rank's worker process maps.
+        memory = None
+        if host_pool is not None:
+            memory = SharedSegments(host_pool, fp.chunk_bytes, segment_slots(fp.chunk_bytes))
+        self.cpu = CpuTier(cpu_bytes, fp.chunk_bytes, pin=pin_memory, memory=memory)
         # No disk tier without a size: opening one with capacity 0 would evict (delete) every
         # chunk a previous run left there, and a size-less path is more likely a slip.
         self.disk: DiskTier | None = None
@@ -124,10 +133,11 @@ class TieredStore:
             self.remote = RemoteTier(remote_url, fp, secret=keyed, **dict(remote_options or {}))
             # Own threads: a slow Redis must not hold up disk promotions. A batch is bounded
             # in bytes (values are held in memory until copied into their slots).
+            remote = self.remote
             self._fetcher = BatchFetcher(
                 remote_workers,
                 max(1, _REMOTE_BATCH_BYTES // max(1, fp.chunk_bytes)),
-                self._fetch_remote,
+                lambda keys: fetch_into_cpu(remote, self.cpu, keys, self._forget_pending),
                 self._forget_pending,
             )
         targets: list[tuple[WriteTarget, int]] = []
@@ -137,13 +147,15 @@ class TieredStore:
             targets.append((self.remote, remote_writers))
         self._write_behind = WriteBehind(self.cpu, targets)
         self._closed = False
+        self.disk_probe: threading.Thread | None = None  # reads some chunk files once, at start
         if self.disk is not None:
             note = self.disk.read_note(_PLANNER_NOTE)
             if note is not None:
                 self.planner.seed_from_json(note)
-            threading.Thread(
+            self.disk_probe = threading.Thread(
                 target=self._probe_disk, name="kvpanel-disk-probe", daemon=True
-            ).start()
+            )
+            self.disk_probe.start()
 
     def _probe_disk(self) -> None:
         # The first requests after a restart arrive before any promotion could be timed.
@@ -259,34 +271,6 @@ class TieredStore:
                     self._promoting -= 1
                 self._given_up.discard(key)
 
-    def _fetch_remote(self, keys: list[ChunkKey]) -> None:
-        remote = self.remote
-        try:
-            assert remote is not None
-            payloads = remote.get_many(keys, expect_bytes=self.cpu.slot_bytes)
-            for key, payload in zip(keys, payloads, strict=True):
-                try:
-                    if payload is not None:  # None: remembered as a miss (or the tier is down)
-                        self._publish_remote(remote, key, payload)
-                finally:
-                    self._forget_pending([key])  # answered as soon as it is in its slot
-        finally:
-            self._forget_pending(keys)
-
-    def _publish_remote(self, remote: RemoteTier, key: ChunkKey, payload: memoryview) -> None:
-        res = self.cpu.reserve([key])
-        if res is None:
-            remote.note_miss(key)  # no CPU room: do not GET it again on every poll
-            return
-        if not res.keys:
-            return  # stored meanwhile by the engine itself
-        ok = False
-        try:
-            copy_into(self.cpu.view(res.slots[0]), payload)
-            ok = True
-        finally:
-            self.cpu.commit(res.keys, success=ok)
-
     def _forget_pending(self, keys: list[ChunkKey]) -> None:
         with self._lock:
             for key in keys:
@@ -318,7 +302,20 @@ class TieredStore:
         self._transfers.add(nbytes, seconds, load=load, host_seconds=host_seconds)
 
     def transfers(self) -> TransferTotals:
-        return self._transfers.copy()
+        """Copy totals: this process's worker's, or with a host pool every rank's, summed."""
+        totals = self._transfers.copy()
+        for report in self._rank_reports():
+            totals.merge(report.get("transfers"))
+        return totals
+
+    def engine_kv_bytes(self) -> int:
+        """The engine's KV memory as its ranks' workers reported it (0 when none did; a
+        worker in this process reports through the control module instead)."""
+        return sum(_count(r.get("engine_kv_bytes")) for r in self._rank_reports())
+
+    def _rank_reports(self) -> list[dict[str, object]]:
+        memory = self.cpu.memory
+        return read_rank_reports(memory.directory) if isinstance(memory, SharedSegments) else []
 
     def commit(self, keys: Iterable[ChunkKey], success: bool = True) -> None:
         """Publish reserved chunks in CPU and queue them for disk and Redis."""
@@ -405,6 +402,7 @@ class TieredStore:
             self.disk.close()
         if self.remote is not None:
             self.remote.close()
+        self.cpu.close()
 
     def __enter__(self) -> TieredStore:
         return self

@@ -41,6 +41,16 @@ def _flag_value(args: list[str], flag: str) -> str | None:
     return None
 
 
+def world_size(args: list[str]) -> int:
+    """Workers the engine will run (tensor x pipeline parallel), from vLLM's flags."""
+    size = 1
+    for flags in (("--tensor-parallel-size", "-tp"), ("--pipeline-parallel-size", "-pp")):
+        value = next((v for f in flags if (v := _flag_value(args, f)) is not None), None)
+        with contextlib.suppress(ValueError):  # vLLM's own parser names the bad value
+            size *= int(value) if value is not None else 1
+    return size
+
+
 def renderer_workers() -> int:
     """Prompt-processing threads for vLLM's API server: half this process's cores, at most 8.
 
@@ -61,8 +71,9 @@ def vllm_argv(opts: ServeOptions, model: str, kv_config: dict[str, Any] | None) 
     if _flag_value(args, "--kv-transfer-config") is not None and kv_config is not None:
         raise ServeError("--kv-transfer-config is set by kvpanel; use --offload none to pass yours")
     args = ["--model", model, *args]
-    if _flag_value(args, "--distributed-executor-backend") is None:
-        # kvpanel's worker shares the scheduler's process (see vllm_ext.runtime).
+    if _flag_value(args, "--distributed-executor-backend") is None and world_size(args) == 1:
+        # One worker: in the scheduler's process, sharing its store (see vllm_ext.runtime).
+        # Several (TP) run on vLLM's multiprocess executor and share the store's host pool.
         args += ["--distributed-executor-backend", "uni"]
     if _flag_value(args, "--host") is None:
         args += ["--host", "127.0.0.1"]  # loopback unless told otherwise

@@ -28,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from kvpanel.cache.host_pool import SharedSegments
 from kvpanel.cache.store import TieredStore
 from kvpanel.settings import MAX_TIER_BYTES, fmt_size
 
@@ -43,6 +44,15 @@ def resize_limit(store: TieredStore, tier: str) -> tuple[int, str]:
     (what it already holds stays counted), not to the filesystem's size."""
     if tier == "cpu":
         limit = int(psutil.virtual_memory().total * 0.9)
+        memory = store.cpu.memory
+        if isinstance(memory, SharedSegments):  # TP: the segments are files in /dev/shm
+            free = shutil.disk_usage(memory.directory).free
+            held = store.cpu.capacity_bytes
+            if free + held < limit:
+                return free + held, (
+                    f"{fmt_size(free)} free in {memory.directory.parent} + "
+                    f"{fmt_size(held)} the tier holds"
+                )
         return limit, f"90% of host RAM, {fmt_size(limit)}"
     if tier == "disk" and store.disk is not None:
         free = shutil.disk_usage(store.disk.dir).free
@@ -72,8 +82,9 @@ def _reply(store: TieredStore, ok: bool = True) -> dict[str, Any]:
         "tiers": tiers,
         "transfers": store.transfers().to_dict(),
     }
-    if _engine_kv_bytes:
-        reply["engine_kv_bytes"] = _engine_kv_bytes
+    engine_kv_bytes = _engine_kv_bytes or store.engine_kv_bytes()  # TP: the ranks' reports
+    if engine_kv_bytes:
+        reply["engine_kv_bytes"] = engine_kv_bytes
     return reply
 
 
@@ -108,7 +119,7 @@ def handle_request(store: TieredStore, request: Any) -> dict[str, Any]:
             return _reply(store, ok=store.flush(float(timeout), progress=_log_flush_progress))
         else:
             return {"ok": False, "error": f"unknown op {op!r}"}
-    except ValueError as e:
+    except (ValueError, MemoryError) as e:  # MemoryError: no room for a grown segment
         return {"ok": False, "error": str(e)}
     return _reply(store)
 

@@ -1,9 +1,10 @@
 """The one TieredStore per engine, shared by the manager (scheduler) and worker halves.
 
 vLLM builds the OffloadingSpec twice in the engine-core process: once for the worker (first,
-when KV caches are registered) and once for the scheduler. With one GPU per engine (TP=1, the
-"uni" executor, and always on vLLM's CPU platform) both halves run in that process, so they
-share the store through this registry instead of shipping KV bytes between them.
+when KV caches are registered) and once for the scheduler. With one worker (TP=1, the "uni"
+executor) both halves run in that process, so they share the store through this registry
+instead of shipping KV bytes between them. With several ranks (vLLM's multiprocess executor)
+only the scheduler's store is here; the workers map its host pool (``kvpanel.cache.host_pool``).
 
 Primitives:
     open_store(engine_id, factory)  - get or create the engine's store
@@ -54,7 +55,7 @@ def check_same_process(engine_id: str) -> None:
             return
     raise RuntimeError(
         "kvpanel's worker runs in a different process from vLLM's scheduler; "
-        "use --distributed-executor-backend uni (one GPU per engine)"
+        "with one worker use --distributed-executor-backend uni"
     )
 
 

@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
+from kvpanel.cache.host_pool import SegmentMapper, pool_directory
 from kvpanel.cache.keys import Fingerprint
 from kvpanel.cache.store import TieredStore
 from kvpanel.settings import CacheSettings, cache_secret_from_env
@@ -43,6 +45,10 @@ def fingerprint_for(
     download_dir = getattr(getattr(vllm_config, "load_config", None), "download_dir", None)
     if settings.model_id:
         weights: str | None = f"id:{settings.model_id}"
+    elif config.parallel.rank > 0:
+        # A worker of rank > 0 only maps the scheduler's host pool (it keys nothing): it must
+        # not read the weights once more per rank to name them.
+        weights = f"rank-{config.parallel.rank}-worker:{name}"
     elif settings.disk_path or settings.remote_url:
         weights = model_identity.weights_identity(name, revision, download_dir)
     else:
@@ -60,7 +66,10 @@ def fingerprint_for(
         layout=compat.kv_cache_layout(config),
         block_tokens=tokens_per_block,
         chunk_tokens=tokens_per_block * config.cache.blocks_per_chunk,
-        chunk_bytes=config.worker_kv_bytes_per_block * config.cache.blocks_per_chunk,
+        # A slot holds every rank's shard of the chunk (host_pool's layout).
+        chunk_bytes=config.worker_kv_bytes_per_block
+        * config.cache.blocks_per_chunk
+        * config.parallel.world_size,
         extra=json.dumps(
             {
                 "groups": groups,
@@ -74,6 +83,33 @@ def fingerprint_for(
     return fp, weights
 
 
+def check_parallelism(config: OffloadingConfig) -> None:
+    """Tensor parallelism is served (one host pool, every rank's shard in each slot); the
+    other kinds would put unequal or overlapping shards in one slot: refuse them clearly."""
+    p = config.parallel
+    others = {
+        "--pipeline-parallel-size": p.pp_size,
+        "prefill context parallel": getattr(p, "pcp_size", 1),
+        "--decode-context-parallel-size": getattr(p, "dcp_size", 1),
+    }
+    for what, size in others.items():
+        if size != 1:
+            raise ValueError(
+                f"kvpanel serves tensor parallelism, not {what} = {size}; "
+                "use --offload native or no offload for this engine"
+            )
+    if p.world_size != p.tp_size:
+        raise ValueError(f"kvpanel: world_size {p.world_size} != tensor parallel {p.tp_size}")
+
+
+def host_pool_for(config: OffloadingConfig) -> Path | None:
+    """Where the CPU tier's shared segments live: with several ranks (each its own process)
+    the scheduler's store and the workers meet there; one rank keeps them private."""
+    if config.parallel.world_size == 1:
+        return None
+    return pool_directory(config.engine_id)
+
+
 class KvpanelOffloadingSpec(OffloadingSpec):
     def __init__(self, config: OffloadingConfig):
         super().__init__(config)
@@ -82,11 +118,7 @@ class KvpanelOffloadingSpec(OffloadingSpec):
         # this spec first): block hashes, and so disk/Redis keys, must survive restarts.
         compat.ensure_deterministic_block_hashes()
         settings = CacheSettings.from_extra_config(self.extra_config)
-        if config.parallel.world_size != 1:
-            raise ValueError(
-                "kvpanel currently serves one worker per engine (TP=PP=1); "
-                f"this engine has world_size={config.parallel.world_size}"
-            )
+        check_parallelism(config)
         vllm_config = compat.engine_vllm_config(config)
         self.fingerprint, weights = fingerprint_for(config, settings, vllm_config)
         self.settings = model_identity.shared_tiers_policy(
@@ -119,6 +151,7 @@ class KvpanelOffloadingSpec(OffloadingSpec):
                 remote_url=s.remote_url,
                 pin_memory=compat.is_cuda(),
                 secret=cache_secret_from_env(os.environ),  # not in s: vLLM logs its config
+                host_pool=host_pool_for(self.config),
             )
 
         return runtime.open_store(self.config.engine_id, factory)
@@ -154,9 +187,18 @@ class KvpanelOffloadingSpec(OffloadingSpec):
 
     def get_worker(self, kv_caches: CanonicalKVCaches) -> OffloadingWorker:
         if self._worker is None:
+            from kvpanel.vllm_ext.slots import PoolSlots, SlotSource, StoreSlots
             from kvpanel.vllm_ext.worker import KvpanelWorker
 
-            self._worker = KvpanelWorker(
-                self.store(), kv_caches, self.blocks_per_chunk, self.config.engine_id
-            )
+            pool = host_pool_for(self.config)
+            if pool is None:  # one rank: the worker shares the scheduler's process and store
+                slots: SlotSource = StoreSlots(self.store(), self.config.engine_id)
+            else:
+                slots = PoolSlots(
+                    SegmentMapper(pool, pin=compat.is_cuda()),
+                    rank=self.config.parallel.rank,
+                    ranks=self.config.parallel.world_size,
+                    slot_bytes=self.fingerprint.chunk_bytes,
+                )
+            self._worker = KvpanelWorker(slots, kv_caches, self.blocks_per_chunk)
         return self._worker

@@ -21,8 +21,7 @@ from typing import NamedTuple
 import torch
 
 from kvpanel import kernels
-from kvpanel.cache.store import TieredStore
-from kvpanel.vllm_ext import runtime, trace
+from kvpanel.vllm_ext import trace
 from kvpanel.vllm_ext.compat import (
     BlockIDsLoadStoreSpec,
     CanonicalKVCaches,
@@ -31,7 +30,7 @@ from kvpanel.vllm_ext.compat import (
     OffloadingWorker,
     TransferResult,
 )
-from kvpanel.vllm_ext.control import report_engine_kv_bytes
+from kvpanel.vllm_ext.slots import SlotSource
 
 
 class _Job(NamedTuple):
@@ -77,23 +76,15 @@ def chunk_block_table(
 
 
 class KvpanelWorker(OffloadingWorker):
-    def __init__(
-        self,
-        store: TieredStore,
-        kv_caches: CanonicalKVCaches,
-        blocks_per_chunk: int,
-        engine_id: str = "",
-    ):
-        self.store = store
-        self.engine_id = engine_id
-        self._checked = False
+    def __init__(self, slots: SlotSource, kv_caches: CanonicalKVCaches, blocks_per_chunk: int):
+        self.slots = slots
         self.blocks_per_chunk = blocks_per_chunk
         self.layers = group_layers(kv_caches)
-        report_engine_kv_bytes(allocated_kv_bytes(t.tensor for t in kv_caches.tensors))
+        slots.report_engine_kv_bytes(allocated_kv_bytes(t.tensor for t in kv_caches.tensors))
         need = max(kernels.chunk_nbytes(g, blocks_per_chunk) for g in self.layers if g)
-        if need > store.cpu.slot_bytes:
+        if need > slots.shard_bytes:
             raise ValueError(
-                f"kvpanel slot of {store.cpu.slot_bytes} bytes cannot hold a chunk of {need} bytes"
+                f"kvpanel slot of {slots.shard_bytes} bytes cannot hold a chunk of {need} bytes"
             )
         self.on_cuda = any(t.is_cuda for g in self.layers for t in g)
         # High priority: the staged path's page shuffles are microseconds long and should
@@ -109,9 +100,6 @@ class KvpanelWorker(OffloadingWorker):
         self._done: list[TransferResult] = []
 
     def _plan(self, gpu: GPULoadStoreSpec, slots: LoadStoreSpec) -> list:
-        if not self._checked:  # the scheduler exists by the first transfer
-            runtime.check_same_process(self.engine_id)
-            self._checked = True
         assert isinstance(slots, BlockIDsLoadStoreSpec)
         slot_ids = [int(s) for s in slots.block_ids]
         ids = gpu.block_ids.tolist()
@@ -122,7 +110,7 @@ class KvpanelWorker(OffloadingWorker):
                 continue
             table = chunk_block_table(ids[gpu_pos : gpu_pos + size], first, self.blocks_per_chunk)
             n = table.shape[0]
-            views = [self.store.view(s) for s in slot_ids[slot_pos : slot_pos + n]]
+            views = [self.slots.shard(s) for s in slot_ids[slot_pos : slot_pos + n]]
             plan.append((self.layers[g], table, views))
             gpu_pos += size
             slot_pos += n
@@ -183,12 +171,12 @@ class KvpanelWorker(OffloadingWorker):
                 seconds = job.start_event.elapsed_time(job.end_event) * 1e-3  # type: ignore[attr-defined]
             else:
                 seconds = job.cpu_seconds
-            self.store.record_transfer(
-                job.nbytes, seconds, load=job.is_load, host_seconds=job.cpu_seconds
-            )
+            self.slots.record_transfer(job.nbytes, seconds, job.is_load, job.cpu_seconds)
             trace.emit("done", job=job.job_id, gpu_s=seconds)
             results.append(TransferResult(job.job_id, True, job.nbytes, seconds))
         self._jobs = pending
+        if results:
+            self.slots.publish()
         return results
 
     def wait(self, job_ids: set[int]) -> None:

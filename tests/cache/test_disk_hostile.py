@@ -112,6 +112,8 @@ def test_fifo_chunk_file_at_runtime_is_a_miss(tmp_path: Path, fp: Fingerprint) -
     fill(tmp_path, fp, [1, 2, 3])
     fifo = fmt.chunk_path(tmp_path / fp.hex(), key(1))
     store = TieredStore(fp, cpu_bytes=8 * CHUNK_BYTES, disk_path=tmp_path, disk_bytes=DISK_BYTES)
+    assert store.disk_probe is not None
+    store.disk_probe.join(30)  # its start-up read of these files would meet the FIFO first
     try:
         fifo.unlink()
         os.mkfifo(fifo)

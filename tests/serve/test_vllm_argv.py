@@ -47,3 +47,12 @@ def test_user_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_one_thread_machines_keep_vllms_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "renderer_workers", lambda: 1)
     assert "--renderer-num-workers" not in _argv()
+
+
+def test_tensor_parallel_leaves_the_executor_to_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Several ranks need vLLM's multiprocess executor ("uni" runs one worker); kvpanel's
+    # workers then share the scheduler's store through its host pool.
+    monkeypatch.setattr(server, "renderer_workers", lambda: 1)
+    for flags in (("--tensor-parallel-size", "2"), ("-tp=2",), ("-pp", "2")):
+        assert _value(_argv(*flags), "--distributed-executor-backend") is None, flags
+    assert _value(_argv("-tp", "1"), "--distributed-executor-backend") == "uni"

@@ -102,7 +102,7 @@ def main(spec_path: str, out_path: str) -> None:
         load_format="safetensors",
         enable_prefix_caching=False,
         max_model_len=spec.get("max_model_len", 2048),
-        distributed_executor_backend="uni",
+        distributed_executor_backend=engine_kwargs.pop("distributed_executor_backend", "uni"),
         dtype="bfloat16",
         enforce_eager=True,
         disable_log_stats=False,

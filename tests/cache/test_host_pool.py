@@ -1,0 +1,216 @@
+"""The CPU tier's shared host pool (TP>1): segments the scheduler's store owns, mapped by worker
+processes by name; freed segments unlinked and never renamed; stale pools of dead engines
+removed; a pool of another layout refused."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kvpanel.cache.cpu_tier import CpuTier
+from kvpanel.cache.host_pool import (
+    SegmentMapper,
+    SharedSegments,
+    pool_directory,
+    remove_stale_pools,
+    segment_slots,
+)
+from kvpanel.cache.keys import ChunkKey
+from kvpanel.cache.store import TieredStore
+from tests.cache.conftest import make_fp
+
+SLOT = 4096
+SEG = 4 * SLOT
+
+
+def key(i: int) -> ChunkKey:
+    return ChunkKey(i.to_bytes(16, "little"))
+
+
+def shared_tier(pool: Path, capacity: int) -> CpuTier:
+    spp = segment_slots(SLOT, SEG)
+    return CpuTier(capacity, SLOT, segment_bytes=SEG, memory=SharedSegments(pool, SLOT, spp))
+
+
+def _worker_writes(pool: str, slot: int, value: int, rank: int, ranks: int) -> None:
+    # Another process, as a vLLM worker of one rank: its shard of the slot only.
+    mapper = SegmentMapper(Path(pool))
+    shard = mapper.slot_bytes // ranks
+    mapper.slot(slot)[rank * shard : (rank + 1) * shard].fill_(value + rank)
+    mapper.close()
+
+
+def test_worker_processes_write_their_shards_the_store_reads_the_whole_slot(tmp_path):
+    tier = shared_tier(tmp_path / "pool", 8 * SLOT)
+    res = tier.reserve([key(1)])
+    assert res is not None
+    (slot,) = res.slots
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=_worker_writes, args=(str(tmp_path / "pool"), slot, 10, r, 2))
+        for r in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    tier.commit(res.keys)
+    view = tier.view(slot)
+    assert torch.equal(view[: SLOT // 2], torch.full((SLOT // 2,), 10, dtype=torch.uint8))
+    assert torch.equal(view[SLOT // 2 :], torch.full((SLOT // 2,), 11, dtype=torch.uint8))
+    tier.close()
+    assert not (tmp_path / "pool").exists()
+
+
+def test_freed_segments_are_unlinked_and_their_indices_never_reused(tmp_path):
+    pool = tmp_path / "pool"
+    tier = shared_tier(pool, 8 * SLOT)  # two segments of 4 slots
+    assert sorted(p.name for p in pool.glob("seg-*")) == ["seg-0", "seg-1"]
+    mapper = SegmentMapper(pool)
+    res = tier.reserve([key(i) for i in range(8)])
+    assert res is not None
+    tier.commit(res.keys)
+    high = max(res.slots)
+    mapper.slot(high).fill_(7)  # the worker maps segment 1
+    tier.resize(4 * SLOT)  # retires one segment: its file goes at once (nothing pinned)
+    names = sorted(p.name for p in pool.glob("seg-*"))
+    assert len(names) == 1
+    tier.resize(8 * SLOT)  # grows again: a new index, never the freed one's name
+    grown = sorted(p.name for p in pool.glob("seg-*"))
+    assert len(grown) == 2 and "seg-2" in grown
+    res2 = tier.reserve([key(100 + i) for i in range(4)])
+    assert res2 is not None
+    for s in res2.slots:
+        mapper.slot(s).fill_(9)
+    tier.commit(res2.keys)
+    for s in res2.slots:
+        assert int(tier.view(s).min()) == 9 == int(tier.view(s).max())
+    # The mapper let go of the freed segment's memory when it mapped the new one.
+    assert mapper.mapped_bytes() <= 2 * SEG
+    mapper.close()
+    tier.close()
+
+
+def test_pinned_segment_keeps_its_file_until_released(tmp_path):
+    pool = tmp_path / "pool"
+    tier = shared_tier(pool, 4 * SLOT)
+    res = tier.reserve([key(1)])
+    assert res is not None
+    tier.commit(res.keys)
+    (slot,) = tier.acquire([key(1)])  # an in-flight load
+    tier.resize(0)
+    assert list(pool.glob("seg-*")), "a worker may still be copying from it"
+    SegmentMapper(pool).slot(slot)  # still mappable by the worker doing the copy
+    tier.release([key(1)])
+    assert not list(pool.glob("seg-*"))
+    tier.close()
+
+
+def test_store_with_host_pool_round_trips_and_removes_it(tmp_path):
+    pool = tmp_path / "pool"
+    fp = make_fp()
+    with TieredStore(fp, cpu_bytes=4 * fp.chunk_bytes, host_pool=pool) as store:
+        res = store.reserve([key(1)])
+        assert res is not None
+        SegmentMapper(pool).slot(res.slots[0]).fill_(5)
+        store.commit(res.keys)
+        (slot,) = store.acquire([key(1)])
+        assert int(store.view(slot).min()) == 5
+        store.release([key(1)])
+    assert not pool.exists()
+
+
+def test_a_live_engines_pool_is_refused_a_dead_ones_removed(tmp_path):
+    pool = pool_directory("engine-a", root=tmp_path)
+    live = SharedSegments(pool, SLOT, 4)
+    with pytest.raises(RuntimeError, match="in use"):
+        SharedSegments(pool, SLOT, 4)
+    live.close()
+    # A pool left by a killed engine: its owner pid is gone.
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    stale = pool_directory("engine-b", root=tmp_path)
+    stale.mkdir()
+    (stale / "owner.pid").write_text(dead.stdout.strip())
+    (stale / "seg-0").write_bytes(b"\0" * SLOT)
+    again = SharedSegments(pool, SLOT, 4)  # the next engine to start cleans up
+    assert not stale.exists()
+    assert remove_stale_pools(tmp_path) == []
+    again.close()
+
+
+def test_pool_directory_name_is_a_plain_name():
+    path = pool_directory("../../etc/x y")
+    assert path.parent == Path("/dev/shm") and "/" not in path.name and ".." not in path.name
+
+
+def test_mapper_without_a_pool_says_so(tmp_path):
+    with pytest.raises(RuntimeError, match="missing"):
+        SegmentMapper(tmp_path / "nothing").slot(0)
+
+
+def test_pool_files_are_private_to_the_engines_user(tmp_path):
+    pool = tmp_path / "pool"
+    tier = shared_tier(pool, 4 * SLOT)
+    assert os.stat(pool).st_mode & 0o077 == 0
+    assert all(os.stat(p).st_mode & 0o077 == 0 for p in pool.glob("seg-*"))
+    tier.close()
+
+
+def test_rank_reports_are_summed_and_garbage_is_left_out(tmp_path):
+    from kvpanel.cache.host_pool import write_rank_report
+
+    pool = tmp_path / "pool"
+    fp = make_fp()
+    with TieredStore(fp, cpu_bytes=4 * fp.chunk_bytes, host_pool=pool) as store:
+        assert store.engine_kv_bytes() == 0
+        for rank in (0, 1):
+            write_rank_report(
+                pool,
+                rank,
+                {"engine_kv_bytes": 1000, "transfers": {"load_bytes": 10, "load_seconds": 0.5}},
+            )
+        (pool / "rank-2.json").write_text("{not json")
+        (pool / "rank-3.json").write_text(
+            '{"engine_kv_bytes": -5, "transfers": {"load_bytes": "x"}}'
+        )
+        assert store.engine_kv_bytes() == 2000
+        totals = store.transfers()
+        assert totals.load_bytes == 20 and totals.load_seconds == 1.0
+    write_rank_report(pool, 0, {})  # the pool is gone: nothing raised
+
+
+def test_a_full_shm_is_a_clear_error_and_the_tier_keeps_what_it_had(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from kvpanel.cache import host_pool
+    from kvpanel.vllm_ext.control import handle_request
+
+    pool = tmp_path / "pool"
+    fp = make_fp()
+    with TieredStore(fp, cpu_bytes=4 * fp.chunk_bytes, host_pool=pool) as store:
+        res = store.reserve([key(1)])
+        assert res is not None
+        store.commit(res.keys)
+        # /dev/shm (a container's 64 MiB, say) has room for one more chunk only.
+        full = SimpleNamespace(total=1 << 30, used=0, free=fp.chunk_bytes)
+        monkeypatch.setattr(host_pool.shutil, "disk_usage", lambda _p: full)
+        monkeypatch.setattr("kvpanel.vllm_ext.control.shutil.disk_usage", lambda _p: full)
+        reply = handle_request(store, {"op": "resize", "tier": "cpu", "bytes": 64 << 20})
+        assert not reply["ok"] and "free in" in reply["error"], reply
+        assert reply.get("tiers") is None
+        with pytest.raises(MemoryError, match="lower --cpu-cache-gb"):
+            store.resize("cpu", 64 << 20)  # past the preview: the allocation itself refuses
+        assert store.cpu.contains(key(1))
+        assert store.stats()["cpu"].capacity_bytes >= 4 * fp.chunk_bytes
