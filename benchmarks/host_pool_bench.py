@@ -77,8 +77,10 @@ def main() -> int:
         pinned = [torch.empty(SEG, dtype=torch.uint8, pin_memory=True) for _ in range(n_seg)]
         pageable = [torch.empty(SEG, dtype=torch.uint8) for _ in range(n_seg)]
         for name, host in (("pool", mapped), ("torch_pinned", pinned), ("pageable", pageable)):
-            result[f"h2d_{name}_gbps"] = round(gbps(nbytes, time_copies(dev, host, args.repeats)), 2)
-            result[f"d2h_{name}_gbps"] = round(gbps(nbytes, time_copies(host, dev, args.repeats)), 2)
+            h2d = time_copies(dev, host, args.repeats)
+            d2h = time_copies(host, dev, args.repeats)
+            result[f"h2d_{name}_gbps"] = round(gbps(nbytes, h2d), 2)
+            result[f"d2h_{name}_gbps"] = round(gbps(nbytes, d2h), 2)
         # What came back from the GPU into the pool is what went out.
         dev[0].fill_(201)
         mapped[0].copy_(dev[0])
