@@ -25,9 +25,9 @@ from typing import Any
 from kvpanel.metrics.engine_samples import EngineSamples
 from kvpanel.metrics.interval import IntervalWindow, with_interval
 from kvpanel.metrics.snapshot import SnapshotBuilder
+from kvpanel.serve.engine_controls import EngineControl
 from kvpanel.serve.logtee import LogTee
 from kvpanel.settings import ENGINE_TIER, TIERS
-from kvpanel.vllm_ext.control import ControlClient
 
 BENCH_FIELDS = {
     "num_documents": int,
@@ -68,7 +68,7 @@ class StatusHub:
     def __init__(
         self,
         static: dict[str, Any],
-        control: ControlClient | None,
+        control: EngineControl | None,
         logs: LogTee | None = None,
     ):
         self.samples = EngineSamples()

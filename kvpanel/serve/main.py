@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvpanel.redact import display_url
 from kvpanel.serve.auth import ensure_token
+from kvpanel.serve.engine_controls import EngineControls, dp_ranks
 from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.logtee import LogTee
 from kvpanel.serve.options import ServeError, ServeOptions, parse_serve_args
@@ -306,9 +307,14 @@ def _serve(
 
     ensure_deterministic_block_hashes()
 
-    from kvpanel.vllm_ext.control import ControlClient
+    from kvpanel.vllm_ext.control import engine_socket_path
 
-    control = ControlClient(opts.settings.control_socket) if opts.settings.control_socket else None
+    control = None
+    if opts.settings.control_socket:
+        # One socket per engine core: several with vLLM's data parallelism (merged here).
+        ranks, dp_size = dp_ranks(opts.vllm_args)
+        base = opts.settings.control_socket
+        control = EngineControls([engine_socket_path(base, r, dp_size) for r in ranks])
     hub = StatusHub(_static(opts, model, demo), control, tee)
     try:
         server = _engine_server(opts, model, kv_config, hub, token, phases)

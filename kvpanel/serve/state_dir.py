@@ -16,6 +16,7 @@ from ``tempfile.mkdtemp`` (0700, random name). ``ControlSocket.remove()`` delete
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import socket
@@ -27,6 +28,7 @@ from pathlib import Path
 from kvpanel.settings import ConfigError
 
 MAX_UNIX_PATH = 107  # sun_path is 108 bytes, one of them the terminating NUL
+_DP_SUFFIX = 8  # room for ".dp<rank>": data-parallel engine cores bind next to the path
 
 
 class StateDirError(ConfigError):
@@ -63,9 +65,11 @@ class ControlSocket:
 
     def remove(self) -> None:
         """Delete the socket (only a socket: anything else at the path is not ours)."""
-        with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                os.unlink(self.path)
+        # With data parallelism each engine core binds <path>.dp<rank> (engine_socket_path).
+        for path in [self.path, *glob.glob(glob.escape(self.path) + ".dp*")]:
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
         if self.private_dir is not None:
             shutil.rmtree(self.private_dir, ignore_errors=True)
 
@@ -98,11 +102,11 @@ def control_socket(state_dir: Path, pid: int | None = None) -> ControlSocket:
     """Where the engine's control socket goes; ``state_dir`` was checked by prepare_state_dir."""
     name = f"control-{os.getpid() if pid is None else pid}.sock"
     path = os.path.join(os.path.abspath(state_dir), name)
-    if len(os.fsencode(path)) <= MAX_UNIX_PATH and _free_for_us(path):
+    if len(os.fsencode(path)) + _DP_SUFFIX <= MAX_UNIX_PATH and _free_for_us(path):
         return ControlSocket(path)
     private = tempfile.mkdtemp(prefix="kvpanel-")  # 0700, ours, unpredictable name
     path = os.path.join(private, name)
-    if len(os.fsencode(path)) > MAX_UNIX_PATH:
+    if len(os.fsencode(path)) + _DP_SUFFIX > MAX_UNIX_PATH:
         os.rmdir(private)
         raise StateDirError(
             f"no usable path for the control socket: {path} is over {MAX_UNIX_PATH} bytes "

@@ -10,7 +10,8 @@ the owning user can open (mode 0600):
     {"op": "flush", "timeout": 60}                -> {"ok": true|false, ...} (disk writes done)
     anything wrong                                -> {"ok": false, "error": "one line"}
 
-Primitives: start_control_server(path, store) in the engine; ControlClient(path) in the parent.
+Primitives: start_control_server(path, store) in the engine; ControlClient(path) in the parent;
+engine_socket_path(path, dp_rank, dp_size): each data-parallel engine core's own socket.
 """
 
 from __future__ import annotations
@@ -182,6 +183,12 @@ def _exit_with_parent(parent: int, store: TieredStore, path: str, poll_s: float 
         with contextlib.suppress(OSError):
             os.unlink(path)
         os._exit(1)
+
+
+def engine_socket_path(path: str, dp_rank: int, dp_size: int) -> str:
+    """The control socket of one engine core: with data parallelism each DP rank is an engine
+    process with its own store, so each gets a socket of its own next to ``path``."""
+    return path if dp_size <= 1 else f"{path}.dp{dp_rank}"
 
 
 class ControlClient:

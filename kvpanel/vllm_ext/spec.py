@@ -161,9 +161,13 @@ class KvpanelOffloadingSpec(OffloadingSpec):
         lives): the control socket, its signal handling and the trace probe."""
         trace.install_engine_probe()  # KVPANEL_TRACE only: vLLM's side of each handoff
         if self.settings.control_socket:
-            from kvpanel.vllm_ext.control import start_control_server
+            from kvpanel.vllm_ext.control import engine_socket_path, start_control_server
 
-            start_control_server(self.settings.control_socket, store)
+            p = self.config.parallel
+            dp_rank = getattr(p, "data_parallel_index", 0) or 0
+            dp_size = getattr(p, "data_parallel_size", 1) or 1
+            path = engine_socket_path(self.settings.control_socket, dp_rank, dp_size)
+            start_control_server(path, store)
             # `kvpanel serve` owns this engine's lifecycle: a Ctrl-C in its terminal reaches
             # every process of the group, and the engine must not die before the parent has
             # flushed queued disk writes through the control socket.

@@ -26,6 +26,9 @@ class FakeStore:
 
         return T()
 
+    def engine_kv_bytes(self) -> int:
+        return 0
+
 
 def serve_and_ask(path: str) -> dict:
     start_control_server(path, FakeStore())  # type: ignore[arg-type]
