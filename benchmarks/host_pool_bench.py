@@ -2,8 +2,9 @@
 torch's own pinned memory and with pageable memory, in one run.
 
 The pool's segments are /dev/shm files that each rank's worker maps and page-locks with
-cudaHostRegister (``SegmentMapper(pin=True)``); this checks that the registration takes and
-that copies from such a mapping run at the pinned rate.
+cudaHostRegister (``SegmentMapper(register=...)``, torch's cudart binding here as in vLLM
+before 0.32); this checks that the registration takes and that copies from such a mapping run
+at the pinned rate.
 
     python benchmarks/host_pool_bench.py [--gib 1] [--repeats 5] [--json OUT.json]
 Without CUDA it only checks that a mapping sees the store's bytes (no speeds).
@@ -23,9 +24,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvpanel.cache.host_pool import SegmentMapper, SharedSegments  # noqa: E402
+from kvpanel.cache.host_pool import SharedSegments  # noqa: E402
+from kvpanel.cache.host_pool_map import SegmentMapper  # noqa: E402
 
 SEG = 256 << 20
+
+
+def register(t: torch.Tensor) -> bool:
+    return int(torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel(), 0)) == 0
+
+
+def unregister(t: torch.Tensor) -> None:
+    torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
 
 
 def gbps(nbytes: int, seconds: float) -> float:
@@ -59,7 +69,7 @@ def main() -> int:
     for i, s in enumerate(segs):
         s.fill_(i + 1)
     cuda = torch.cuda.is_available()
-    mapper = SegmentMapper(pool, pin=cuda)
+    mapper = SegmentMapper(pool, register, unregister) if cuda else SegmentMapper(pool)
     t0 = time.perf_counter()
     mapped = [mapper.slot(i) for i in range(n_seg)]  # one slot per segment here
     map_s = time.perf_counter() - t0
@@ -68,7 +78,7 @@ def main() -> int:
         "bytes": n_seg * SEG,
         "segments": n_seg,
         "map_and_register_s": round(map_s, 4),
-        "registered": len(mapper._registered),
+        "registered": mapper.registered(),
         "cuda": cuda,
     }
     if cuda:

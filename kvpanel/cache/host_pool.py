@@ -3,25 +3,29 @@
 With tensor parallelism each rank's worker is a process of its own, while the store's index
 (keys, pins, LRU, disk and Redis I/O) lives in the scheduler's process. The segments are then
 files in a directory under /dev/shm that the scheduler's store creates and each worker maps by
-name. A slot holds the chunk of every rank, rank r's shard at ``r * shard_bytes`` (the layout
-of vLLM's own SharedOffloadRegion): disk and Redis keep one contiguous payload and one checksum
-per chunk, and the bytes of a TP=2 chunk are never mistaken for a TP=1 one (the fingerprint
-names the TP size).
+name (``host_pool_map.SegmentMapper``). A slot holds the chunk of every rank, rank r's shard at
+``r * shard_bytes`` (the layout of vLLM's own SharedOffloadRegion): disk and Redis keep one
+contiguous payload and one checksum per chunk, and the fingerprint names the TP size, so a TP=2
+chunk is never taken for a TP=1 one.
 
-Segment indices are never reused within one pool, so the name ``seg-7`` always means the same
-memory; a freed segment's file is unlinked at once, and each worker drops its mapping the next
-time it looks (on every new mapping, and at most once a second otherwise).
+Segment indices are never reused within one pool, so ``seg-7`` always means the same memory; a
+freed segment's file is unlinked at once and the workers drop their mappings of it. Segment
+files are fully allocated when made (``posix_fallocate``): a /dev/shm too small for the tier
+is a MemoryError at that moment, never a SIGBUS at a later copy.
 
-What is trusted: the directory is created 0700 by the engine's own user and only that user's
-processes (the engine's workers) map it. A directory left by a killed engine is removed by the
-next engine that starts (its owner's pid is dead).
+What is trusted: the pool directory is made 0700 by the engine's user; workers map only a
+directory that is a real directory of their own user with no group/other access, and open
+segments below it without following links or creating files. The owner holds an exclusive
+``flock`` on ``owner.lock`` for its whole life: a pool whose lock can be taken belongs to a
+dead engine (even one in another pid namespace sharing /dev/shm) and is removed by the next
+engine that starts; a live one is never touched.
 
 Primitives:
     SegmentMemory           - allocate(index, nbytes) -> tensor; free(index); close()
     PrivateSegments(pin)    - torch.empty in this process (TP=1)
     SharedSegments(dir, slot_bytes, slots_per_segment) - files the workers map (TP>1)
-    SegmentMapper(dir)      - a worker's side: slot(slot_id) -> the slot's bytes
-    pool_directory(engine_id); segment_slots(slot_bytes) - slots per segment
+    pool_directory(engine_id); segment_slots(slot_bytes); remove_stale_pools(root)
+    open_private_dir(path) -> fd; map_segment(dir_fd, name, create_bytes=0) -> tensor
     write_rank_report / read_rank_reports - what each worker tells the scheduler's store (its
                               engine KV bytes, its copy totals): small JSON files in the pool
 """
@@ -29,10 +33,15 @@ Primitives:
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import logging
+import mmap
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 from typing import Protocol
@@ -42,9 +51,9 @@ import torch
 log = logging.getLogger("kvpanel")
 
 SHM_ROOT = Path("/dev/shm")
-_LAYOUT = "layout.json"
-_OWNER = "owner.pid"
-_RECHECK_S = 1.0
+LAYOUT = "layout.json"
+_LOCK = "owner.lock"
+_UNLOCKED_GRACE_S = 60.0  # a pool dir without its lock file yet: being made, unless this old
 SEGMENT_BYTES = 256 << 20
 
 
@@ -54,8 +63,10 @@ def segment_slots(slot_bytes: int, segment_bytes: int = SEGMENT_BYTES) -> int:
 
 
 def pool_directory(engine_id: str, root: Path = SHM_ROOT) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in engine_id)[:96]
-    return root / f"kvpanel-pool-{safe}"
+    # A readable prefix and a digest of the whole id: two long ids never share a pool.
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in engine_id)[:64]
+    digest = hashlib.sha256(engine_id.encode()).hexdigest()[:16]
+    return root / f"kvpanel-pool-{safe}-{digest}"
 
 
 class SegmentMemory(Protocol):
@@ -82,28 +93,73 @@ class PrivateSegments:
         pass
 
 
-def _pid_alive(pid: int) -> bool:
+def open_private_dir(path: Path) -> int:
+    """An fd of ``path`` if it is a directory (not a link) of this user, mode 0700 or tighter."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise PermissionError(f"{path} is not a private directory of this user")
+    return fd
+
+
+def map_segment(dir_fd: int, name: str, create_bytes: int = 0) -> torch.Tensor:
+    """Map ``name`` below ``dir_fd`` (shared, read-write); with ``create_bytes`` make it first
+    (exclusively, fully allocated). Links are never followed, a missing file never created."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    if create_bytes:
+        flags |= os.O_CREAT | os.O_EXCL
+    fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if create_bytes:
+            try:
+                os.posix_fallocate(fd, 0, create_bytes)
+            except OSError as e:
+                os.unlink(name, dir_fd=dir_fd)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM):
+                    raise MemoryError(str(e)) from e
+                raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size <= 0:
+            raise FileNotFoundError(f"{name} is not a segment file")
+        mm = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED)
+    finally:
+        os.close(fd)
+    return torch.frombuffer(mm, dtype=torch.uint8)  # keeps the mapping alive
+
+
+def _remove_if_dead(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return False  # a link, a file, another user's: not ours to judge
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
         return False
-    except PermissionError:
+    try:
+        try:
+            lock_fd = os.open(_LOCK, os.O_RDWR | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if time.time() - st.st_mtime < _UNLOCKED_GRACE_S:
+                return False  # being made right now
+        else:
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # its engine is alive
+            finally:
+                os.close(lock_fd)
+        shutil.rmtree(path, ignore_errors=True)
         return True
-    return True
+    except OSError:
+        return False
+    finally:
+        os.close(dir_fd)
 
 
 def remove_stale_pools(root: Path = SHM_ROOT) -> list[Path]:
-    """Remove pool directories whose owner process is gone (an engine killed with SIGKILL)."""
-    removed = []
-    for path in root.glob("kvpanel-pool-*"):
-        try:
-            pid = int((path / _OWNER).read_text())
-        except (OSError, ValueError):
-            continue  # being created, or not ours to judge
-        if not _pid_alive(pid):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
+    """Remove this user's pool directories whose engine is gone (killed with SIGKILL)."""
+    return [p for p in sorted(root.glob("kvpanel-pool-*")) if _remove_if_dead(p)]
 
 
 def write_rank_report(directory: Path, rank: int, report: dict[str, object]) -> None:
@@ -139,124 +195,33 @@ class SharedSegments:
             raise RuntimeError(
                 f"{self.directory} is in use by a running engine with the same engine_id"
             ) from None
-        (self.directory / _OWNER).write_text(str(os.getpid()))
+        self._dir_fd = open_private_dir(self.directory)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        self._lock_fd = os.open(_LOCK, flags, 0o600, dir_fd=self._dir_fd)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # held while this engine lives
         layout = {"slot_bytes": slot_bytes, "slots_per_segment": slots_per_segment}
-        tmp = self.directory / f".{_LAYOUT}.tmp"
+        tmp = self.directory / f".{LAYOUT}.tmp"
         tmp.write_text(json.dumps(layout))
-        os.replace(tmp, self.directory / _LAYOUT)
+        os.replace(tmp, self.directory / LAYOUT)
         self._closed = False
 
-    def _path(self, index: int) -> Path:
-        return self.directory / f"seg-{index}"
-
     def allocate(self, index: int, nbytes: int) -> torch.Tensor:
-        path = self._path(index)
-        free = shutil.disk_usage(self.directory).free
-        if nbytes > free:
+        try:
+            return map_segment(self._dir_fd, f"seg-{index}", create_bytes=nbytes)
+        except MemoryError:
+            free = shutil.disk_usage(self.directory).free
             raise MemoryError(
                 f"{self.directory.parent} has {free / 2**30:.2f} GiB free, a CPU-tier segment "
                 f"needs {nbytes / 2**30:.2f} GiB (raise the shm size or lower --cpu-cache-gb)"
-            )
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            os.ftruncate(fd, nbytes)
-        finally:
-            os.close(fd)
-        return torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8)
+            ) from None
 
     def free(self, index: int) -> None:
         with contextlib.suppress(FileNotFoundError):
-            self._path(index).unlink()
+            os.unlink(f"seg-{index}", dir_fd=self._dir_fd)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             shutil.rmtree(self.directory, ignore_errors=True)
-
-
-class SegmentMapper:
-    """A worker's view of a SharedSegments pool: maps segment files on first use.
-
-    Slot ids come from the scheduler for a transfer whose slots it has pinned, so the segment
-    file of every slot asked for exists until that transfer is done."""
-
-    def __init__(self, directory: Path, pin: bool = False) -> None:
-        self.directory = Path(directory)
-        self.pin = pin
-        self._slot_bytes = 0
-        self._slots_per_segment = 0
-        self._mapped: dict[int, torch.Tensor] = {}
-        self._registered: set[int] = set()  # page-locked for DMA (cudaHostRegister)
-        self._next_check = 0.0
-
-    def _read_layout(self) -> None:
-        try:
-            layout = json.loads((self.directory / _LAYOUT).read_text())
-        except (OSError, ValueError) as e:
-            raise RuntimeError(
-                f"kvpanel's host pool {self.directory} is missing or unreadable: the worker "
-                "was given slots before the scheduler's store created them"
-            ) from e
-        self._slot_bytes = int(layout["slot_bytes"])
-        self._slots_per_segment = int(layout["slots_per_segment"])
-
-    @property
-    def slot_bytes(self) -> int:
-        if not self._slot_bytes:
-            self._read_layout()
-        return self._slot_bytes
-
-    def slot(self, slot_id: int) -> torch.Tensor:
-        if not self._slots_per_segment:
-            self._read_layout()
-        index, offset = divmod(slot_id, self._slots_per_segment)
-        seg = self._mapped.get(index)
-        if seg is None:
-            seg = self._map(index)
-        elif time.monotonic() >= self._next_check:
-            self._drop_freed()
-        start = offset * self._slot_bytes
-        if start + self._slot_bytes > seg.numel():
-            raise KeyError(f"no such slot {slot_id}")
-        return seg[start : start + self._slot_bytes]
-
-    def _map(self, index: int) -> torch.Tensor:
-        self._drop_freed()
-        path = self.directory / f"seg-{index}"
-        nbytes = os.stat(path).st_size
-        seg = torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8)
-        if self.pin and _host_register(seg):
-            self._registered.add(index)
-        self._mapped[index] = seg
-        return seg
-
-    def _drop_freed(self) -> None:
-        self._next_check = time.monotonic() + _RECHECK_S
-        for index in list(self._mapped):
-            if not (self.directory / f"seg-{index}").exists():
-                self._forget(index)
-
-    def mapped_bytes(self) -> int:
-        return sum(t.numel() for t in self._mapped.values())
-
-    def _forget(self, index: int) -> None:
-        seg = self._mapped.pop(index)
-        if index in self._registered:
-            self._registered.discard(index)
-            torch.cuda.cudart().cudaHostUnregister(seg.data_ptr())
-
-    def close(self) -> None:
-        for index in list(self._mapped):
-            self._forget(index)
-
-
-def _host_register(t: torch.Tensor) -> bool:
-    """Page-lock a mapping for full-speed DMA, as vLLM does for its shared region. Pinning
-    only buys bandwidth: when it fails the copies still run, pageable and slower."""
-    err = torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel(), 0)
-    if int(err) != 0:
-        log.warning(
-            "kvpanel: cudaHostRegister of %d bytes failed (%s): pageable copies", t.numel(), err
-        )
-        return False
-    return True
+            os.close(self._lock_fd)
+            os.close(self._dir_fd)

@@ -100,11 +100,6 @@ class TieredStore:
         keyed = CacheSecret(secret) if secret else None
         if keyed is not None and (disk_bytes > 0 or remote_url):
             log.info("kvpanel store: disk and Redis chunks are keyed with the cache secret")
-        # host_pool (TP>1): CPU slots in shared files that every rank's worker process maps.
-        memory = None
-        if host_pool is not None:
-            memory = SharedSegments(host_pool, fp.chunk_bytes, segment_slots(fp.chunk_bytes))
-        self.cpu = CpuTier(cpu_bytes, fp.chunk_bytes, pin=pin_memory, memory=memory)
         # No disk tier without a size: opening one with capacity 0 would evict (delete) every
         # chunk a previous run left there, and a size-less path is more likely a slip.
         self.disk: DiskTier | None = None
@@ -140,6 +135,18 @@ class TieredStore:
                 lambda keys: fetch_into_cpu(remote, self.cpu, keys, self._forget_pending),
                 self._forget_pending,
             )
+        # host_pool (TP>1): CPU slots in shared files that every rank's worker process maps.
+        # Made after the tiers that may refuse their config, and removed if it fails itself:
+        # a failed start leaves no pool behind in /dev/shm.
+        memory = None
+        if host_pool is not None:
+            memory = SharedSegments(host_pool, fp.chunk_bytes, segment_slots(fp.chunk_bytes))
+        try:
+            self.cpu = CpuTier(cpu_bytes, fp.chunk_bytes, pin=pin_memory, memory=memory)
+        except BaseException:
+            if memory is not None:
+                memory.close()
+            raise
         targets: list[tuple[WriteTarget, int]] = []
         if self.disk is not None:
             targets.append((self.disk, disk_writers))

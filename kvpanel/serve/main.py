@@ -26,6 +26,7 @@ from dataclasses import replace
 from importlib.metadata import version
 from typing import TYPE_CHECKING, Any
 
+from kvpanel.cache.host_pool import remove_stale_pools
 from kvpanel.redact import display_url
 from kvpanel.serve.auth import ensure_token
 from kvpanel.serve.engine_controls import EngineControls, dp_ranks
@@ -260,6 +261,9 @@ def serve_main(argv: list[str]) -> int:
         if kv_config is not None:
             sock = control_socket(opts.state_dir)
             kv_config, opts = _kv_config(opts, sock)
+            # TP host pools left in /dev/shm by engines that were killed (their lock is free).
+            for gone in remove_stale_pools():
+                log.info("kvpanel: removed %s (its engine is gone)", gone)
     except (ConfigError, OSError) as e:
         print(f"kvpanel serve: error: {e}", file=sys.stderr)
         if sock is not None:

@@ -44,7 +44,10 @@ def _flag_value(args: list[str], flag: str) -> str | None:
 def world_size(args: list[str]) -> int:
     """Workers the engine will run (tensor x pipeline parallel), from vLLM's flags."""
     size = 1
-    for flags in (("--tensor-parallel-size", "-tp"), ("--pipeline-parallel-size", "-pp")):
+    for flags in (
+        ("--tensor-parallel-size", "--tensor_parallel_size", "-tp"),
+        ("--pipeline-parallel-size", "--pipeline_parallel_size", "-pp"),
+    ):
         value = next((v for f in flags if (v := _flag_value(args, f)) is not None), None)
         with contextlib.suppress(ValueError):  # vLLM's own parser names the bad value
             size *= int(value) if value is not None else 1

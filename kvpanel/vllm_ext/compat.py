@@ -153,3 +153,46 @@ def engine_vllm_config(config: OffloadingConfig) -> Any | None:
     if current is not None and getattr(current, "kv_transfer_config", None) is not None:
         return current
     return None
+
+
+def host_pinning() -> tuple[Any, Any, Any] | None:
+    """(register, unregister, thread_init) that page-lock a host mapping for DMA on CUDA (the
+    TP host pool's segments), or None where copies need no pinning (vLLM's CPU platform).
+
+    0.32+ ship vLLM's own helpers (they clear the CUDA error state after a failure, and fail
+    soft: pageable copies still work); older versions use torch's cudart binding."""
+    if not is_cuda():
+        return None
+    import logging
+
+    import torch
+
+    try:
+        from vllm.v1.kv_offload.cpu.host_register import host_register, host_unregister
+
+        def register(t: Any) -> bool:
+            return bool(host_register(t.data_ptr(), t.numel()))
+
+        def unregister(t: Any) -> None:
+            host_unregister(t.data_ptr())
+
+    except ImportError:
+        cudart = torch.cuda.cudart()
+
+        def register(t: Any) -> bool:
+            err = cudart.cudaHostRegister(t.data_ptr(), t.numel(), 0)
+            if int(err) != 0:
+                clear = getattr(cudart, "cudaGetLastError", None)
+                if clear is not None:
+                    clear()
+                logging.getLogger("kvpanel").warning(
+                    "kvpanel: cudaHostRegister failed (%s): pageable copies", err
+                )
+                return False
+            return True
+
+        def unregister(t: Any) -> None:
+            cudart.cudaHostUnregister(t.data_ptr())
+
+    device = torch.cuda.current_device()
+    return register, unregister, lambda: torch.cuda.set_device(device)

@@ -14,7 +14,8 @@ from typing import Protocol
 
 import torch
 
-from kvpanel.cache.host_pool import SegmentMapper, write_rank_report
+from kvpanel.cache.host_pool import write_rank_report
+from kvpanel.cache.host_pool_map import SegmentMapper
 from kvpanel.cache.stats import TransferTotals
 from kvpanel.cache.store import TieredStore
 from kvpanel.vllm_ext import runtime

@@ -15,7 +15,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from kvpanel.cache.host_pool import SegmentMapper, pool_directory
+from kvpanel.cache.host_pool import pool_directory
+from kvpanel.cache.host_pool_map import SegmentMapper
 from kvpanel.cache.keys import Fingerprint
 from kvpanel.cache.store import TieredStore
 from kvpanel.settings import CacheSettings, cache_secret_from_env
@@ -83,10 +84,20 @@ def fingerprint_for(
     return fp, weights
 
 
-def check_parallelism(config: OffloadingConfig) -> None:
+def check_parallelism(config: OffloadingConfig, vllm_config: Any | None = None) -> None:
     """Tensor parallelism is served (one host pool, every rank's shard in each slot); the
-    other kinds would put unequal or overlapping shards in one slot: refuse them clearly."""
+    other kinds would put unequal or overlapping shards in one slot: refuse them clearly. The
+    pool is host memory: every rank must run on this node, in vLLM's multiprocess executor."""
     p = config.parallel
+    pc = getattr(vllm_config, "parallel_config", None)
+    if p.world_size > 1 and pc is not None:
+        backend = getattr(pc, "distributed_executor_backend", "mp")
+        nodes = getattr(pc, "nnodes", 1) or 1
+        if backend not in ("mp", None) or nodes > 1:
+            raise ValueError(
+                "kvpanel's TP workers share the scheduler's host memory: it needs every rank "
+                f"on one node in vLLM's multiprocess executor (got {backend!r} on {nodes} nodes)"
+            )
     others = {
         "--pipeline-parallel-size": p.pp_size,
         "prefill context parallel": getattr(p, "pcp_size", 1),
@@ -118,8 +129,8 @@ class KvpanelOffloadingSpec(OffloadingSpec):
         # this spec first): block hashes, and so disk/Redis keys, must survive restarts.
         compat.ensure_deterministic_block_hashes()
         settings = CacheSettings.from_extra_config(self.extra_config)
-        check_parallelism(config)
         vllm_config = compat.engine_vllm_config(config)
+        check_parallelism(config, vllm_config)
         self.fingerprint, weights = fingerprint_for(config, settings, vllm_config)
         self.settings = model_identity.shared_tiers_policy(
             settings,
@@ -198,8 +209,10 @@ class KvpanelOffloadingSpec(OffloadingSpec):
             if pool is None:  # one rank: the worker shares the scheduler's process and store
                 slots: SlotSource = StoreSlots(self.store(), self.config.engine_id)
             else:
+                pin = compat.host_pinning()
+                mapper = SegmentMapper(pool, *pin) if pin is not None else SegmentMapper(pool)
                 slots = PoolSlots(
-                    SegmentMapper(pool, pin=compat.is_cuda()),
+                    mapper,
                     rank=self.config.parallel.rank,
                     ranks=self.config.parallel.world_size,
                     slot_bytes=self.fingerprint.chunk_bytes,

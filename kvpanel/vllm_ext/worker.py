@@ -40,6 +40,9 @@ class _Job(NamedTuple):
     cpu_seconds: float
     start_event: object | None
     end_event: object | None
+    # The slot views the copies use, held until they are done: host memory never goes away
+    # under an in-flight DMA, whatever the pool does meanwhile.
+    views: object = None
 
 
 def group_layers(kv_caches: CanonicalKVCaches) -> list[list[torch.Tensor]]:
@@ -140,7 +143,10 @@ class KvpanelWorker(OffloadingWorker):
             end_event.record(stream)
         cpu_seconds = time.perf_counter() - started
         trace.emit("submit", job=job_id, load=not to_slots, bytes=nbytes, host_s=cpu_seconds)
-        self._jobs.append(_Job(job_id, nbytes, not to_slots, cpu_seconds, start_event, end_event))
+        views = [v for _layers, _table, v in plan] if end_event is not None else None
+        self._jobs.append(
+            _Job(job_id, nbytes, not to_slots, cpu_seconds, start_event, end_event, views)
+        )
         return True
 
     def submit_store(

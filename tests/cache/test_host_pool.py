@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,12 @@ import torch
 
 from kvpanel.cache.cpu_tier import CpuTier
 from kvpanel.cache.host_pool import (
-    SegmentMapper,
     SharedSegments,
     pool_directory,
     remove_stale_pools,
     segment_slots,
 )
+from kvpanel.cache.host_pool_map import SegmentMapper
 from kvpanel.cache.keys import ChunkKey
 from kvpanel.cache.store import TieredStore
 from tests.cache.conftest import make_fp
@@ -127,27 +128,111 @@ def test_store_with_host_pool_round_trips_and_removes_it(tmp_path):
     assert not pool.exists()
 
 
-def test_a_live_engines_pool_is_refused_a_dead_ones_removed(tmp_path):
-    pool = pool_directory("engine-a", root=tmp_path)
-    live = SharedSegments(pool, SLOT, 4)
+OWNER = """
+import sys, time
+from pathlib import Path
+from kvpanel.cache.host_pool import SharedSegments
+pool = SharedSegments(Path(sys.argv[1]), 4096, 4)
+pool.allocate(0, 4096)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_live_engines_pool_is_kept_a_killed_ones_removed(tmp_path):
+    """Liveness is the owner's flock, not its pid (which another pid namespace sharing /dev/shm
+    cannot judge): a pool is removed only once its owner is gone, whatever killed it."""
+    here = pool_directory("engine-a", root=tmp_path)
+    live = SharedSegments(here, SLOT, 4)
     with pytest.raises(RuntimeError, match="in use"):
-        SharedSegments(pool, SLOT, 4)
-    live.close()
-    # A pool left by a killed engine: its owner pid is gone.
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
+        SharedSegments(here, SLOT, 4)
+    other = pool_directory("engine-b", root=tmp_path)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(other)],
+        stdout=subprocess.PIPE,
         text=True,
-        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
-    stale = pool_directory("engine-b", root=tmp_path)
-    stale.mkdir()
-    (stale / "owner.pid").write_text(dead.stdout.strip())
-    (stale / "seg-0").write_bytes(b"\0" * SLOT)
-    again = SharedSegments(pool, SLOT, 4)  # the next engine to start cleans up
-    assert not stale.exists()
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "ready"
+        assert remove_stale_pools(tmp_path) == []  # both alive: both kept
+        assert (other / "seg-0").exists() and (here / "layout.json").exists()
+    finally:
+        owner.kill()  # SIGKILL: no cleanup of its own
+        owner.wait(30)
+    assert other.exists()
+    assert remove_stale_pools(tmp_path) == [other]
+    assert not other.exists() and here.exists()
+    live.close()
+
+
+def test_the_sweep_leaves_links_fresh_dirs_and_others_alone(tmp_path):
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    link = tmp_path / "kvpanel-pool-link"
+    link.symlink_to(target)
+    fresh = tmp_path / "kvpanel-pool-fresh"  # mkdir done, lock file not yet made
+    fresh.mkdir(mode=0o700)
     assert remove_stale_pools(tmp_path) == []
-    again.close()
+    assert (target / "keep").exists() and link.is_symlink() and fresh.exists()
+
+
+def test_mapper_refuses_a_linked_or_shared_pool_and_never_creates_segments(tmp_path):
+    pool = tmp_path / "pool"
+    tier = shared_tier(pool, 4 * SLOT)
+    link = tmp_path / "link"
+    link.symlink_to(pool)
+    with pytest.raises(RuntimeError, match="private"):
+        SegmentMapper(link).slot(0)
+    mapper = SegmentMapper(pool)
+    with pytest.raises(KeyError):
+        mapper.slot(10 * segment_slots(SLOT, SEG))  # a segment the store never made
+    assert not (pool / "seg-10").exists()
+    mapper.close()
+    os.chmod(pool, 0o750)
+    with pytest.raises(RuntimeError, match="private"):
+        SegmentMapper(pool).slot(0)
+    os.chmod(pool, 0o700)
+    tier.close()
+
+
+def test_no_room_in_shm_is_a_memory_error_and_no_segment_left(tmp_path, monkeypatch):
+    import errno
+
+    from kvpanel.cache import host_pool
+
+    pool = tmp_path / "pool"
+    tier = shared_tier(pool, 4 * SLOT)
+
+    def enospc(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(host_pool.os, "posix_fallocate", enospc)
+    with pytest.raises(MemoryError, match="lower --cpu-cache-gb"):
+        tier.resize(8 * SLOT)
+    assert sorted(p.name for p in pool.glob("seg-*")) == ["seg-0"]
+    tier.close()
+
+
+def test_a_freed_segment_is_unmapped_while_the_worker_is_idle(tmp_path, monkeypatch):
+    from kvpanel.cache import host_pool_map
+
+    monkeypatch.setattr(host_pool_map, "_SWEEP_S", 0.05)
+    pool = tmp_path / "pool"
+    tier = shared_tier(pool, 8 * SLOT)
+    dropped: list[int] = []
+    mapper = SegmentMapper(pool, register=lambda t: True, unregister=lambda t: dropped.append(1))
+    mapper.slot(0)
+    mapper.slot(segment_slots(SLOT, SEG))  # both segments mapped (and "registered")
+    assert mapper.mapped_bytes() == 2 * SEG and mapper.registered() == 2
+    tier.resize(4 * SLOT)  # one segment freed; the worker asks for nothing after that
+    deadline = time.monotonic() + 5
+    while mapper.mapped_bytes() > SEG and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert mapper.mapped_bytes() == SEG and dropped == [1]
+    mapper.close()
+    tier.close()
 
 
 def test_pool_directory_name_is_a_plain_name():
@@ -194,7 +279,6 @@ def test_rank_reports_are_summed_and_garbage_is_left_out(tmp_path):
 def test_a_full_shm_is_a_clear_error_and_the_tier_keeps_what_it_had(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from kvpanel.cache import host_pool
     from kvpanel.vllm_ext.control import handle_request
 
     pool = tmp_path / "pool"
@@ -205,12 +289,37 @@ def test_a_full_shm_is_a_clear_error_and_the_tier_keeps_what_it_had(tmp_path, mo
         store.commit(res.keys)
         # /dev/shm (a container's 64 MiB, say) has room for one more chunk only.
         full = SimpleNamespace(total=1 << 30, used=0, free=fp.chunk_bytes)
-        monkeypatch.setattr(host_pool.shutil, "disk_usage", lambda _p: full)
         monkeypatch.setattr("kvpanel.vllm_ext.control.shutil.disk_usage", lambda _p: full)
         reply = handle_request(store, {"op": "resize", "tier": "cpu", "bytes": 64 << 20})
         assert not reply["ok"] and "free in" in reply["error"], reply
         assert reply.get("tiers") is None
-        with pytest.raises(MemoryError, match="lower --cpu-cache-gb"):
-            store.resize("cpu", 64 << 20)  # past the preview: the allocation itself refuses
         assert store.cpu.contains(key(1))
         assert store.stats()["cpu"].capacity_bytes >= 4 * fp.chunk_bytes
+
+
+def test_a_store_that_fails_to_start_leaves_no_pool(tmp_path, monkeypatch):
+    import errno
+
+    from kvpanel.cache import host_pool
+
+    fp = make_fp()
+    pool = tmp_path / "pool"
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(Exception):  # noqa: B017  (the disk tier's own error)
+        TieredStore(
+            fp,
+            cpu_bytes=4 * fp.chunk_bytes,
+            disk_path=not_a_dir,
+            disk_bytes=1 << 20,
+            host_pool=pool,
+        )
+    assert not pool.exists()
+
+    def enospc(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(host_pool.os, "posix_fallocate", enospc)
+    with pytest.raises(MemoryError):
+        TieredStore(fp, cpu_bytes=4 * fp.chunk_bytes, host_pool=pool)
+    assert not pool.exists()
