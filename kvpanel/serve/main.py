@@ -84,7 +84,11 @@ def _kv_config(
 
     if sock is not None:
         opts = replace(opts, settings=replace(opts.settings, control_socket=sock.path))
-    return kv_transfer_config(opts.settings), opts
+    engine_settings = opts.settings
+    engines = len(dp_ranks(opts.vllm_args)[0])
+    if engines > 1:  # --cpu-cache-gb is the server's: each data-parallel engine gets its share
+        engine_settings = replace(engine_settings, cpu_bytes=engine_settings.cpu_bytes // engines)
+    return kv_transfer_config(engine_settings), opts
 
 
 _ROOT_CAUSE = re.compile(r"\bkvpanel\.[\w.]+\.\w*(?:Error|Busy): (.+)$")
@@ -316,9 +320,9 @@ def _serve(
     control = None
     if opts.settings.control_socket:
         # One socket per engine core: several with vLLM's data parallelism (merged here).
-        ranks, dp_size = dp_ranks(opts.vllm_args)
+        ranks, _dp_size = dp_ranks(opts.vllm_args)
         base = opts.settings.control_socket
-        control = EngineControls([engine_socket_path(base, r, dp_size) for r in ranks])
+        control = EngineControls([engine_socket_path(base, r) for r in ranks])
     hub = StatusHub(_static(opts, model, demo), control, tee)
     try:
         server = _engine_server(opts, model, kv_config, hub, token, phases)

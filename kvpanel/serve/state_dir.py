@@ -65,7 +65,7 @@ class ControlSocket:
 
     def remove(self) -> None:
         """Delete the socket (only a socket: anything else at the path is not ours)."""
-        # With data parallelism each engine core binds <path>.dp<rank> (engine_socket_path).
+        # With data parallelism engine cores past rank 0 bind <path>.dp<rank> (engine_socket_path).
         for path in [self.path, *glob.glob(glob.escape(self.path) + ".dp*")]:
             with contextlib.suppress(OSError):
                 if stat.S_ISSOCK(os.lstat(path).st_mode):

@@ -11,7 +11,7 @@ the owning user can open (mode 0600):
     anything wrong                                -> {"ok": false, "error": "one line"}
 
 Primitives: start_control_server(path, store) in the engine; ControlClient(path) in the parent;
-engine_socket_path(path, dp_rank, dp_size): each data-parallel engine core's own socket.
+engine_socket_path(path, dp_index): each data-parallel engine core's own socket.
 """
 
 from __future__ import annotations
@@ -185,10 +185,12 @@ def _exit_with_parent(parent: int, store: TieredStore, path: str, poll_s: float 
         os._exit(1)
 
 
-def engine_socket_path(path: str, dp_rank: int, dp_size: int) -> str:
+def engine_socket_path(path: str, dp_index: int) -> str:
     """The control socket of one engine core: with data parallelism each DP rank is an engine
-    process with its own store, so each gets a socket of its own next to ``path``."""
-    return path if dp_size <= 1 else f"{path}.dp{dp_rank}"
+    process with its own store, so ranks past 0 bind a socket of their own next to ``path``.
+    (vLLM runs a non-MoE model's DP ranks as independent engines of DP size 1: only their
+    index tells them apart.)"""
+    return path if dp_index <= 0 else f"{path}.dp{dp_index}"
 
 
 class ControlClient:

@@ -174,10 +174,8 @@ class KvpanelOffloadingSpec(OffloadingSpec):
         if self.settings.control_socket:
             from kvpanel.vllm_ext.control import engine_socket_path, start_control_server
 
-            p = self.config.parallel
-            dp_rank = getattr(p, "data_parallel_index", 0) or 0
-            dp_size = getattr(p, "data_parallel_size", 1) or 1
-            path = engine_socket_path(self.settings.control_socket, dp_rank, dp_size)
+            dp_index = getattr(self.config.parallel, "data_parallel_index", 0) or 0
+            path = engine_socket_path(self.settings.control_socket, dp_index)
             start_control_server(path, store)
             # `kvpanel serve` owns this engine's lifecycle: a Ctrl-C in its terminal reaches
             # every process of the group, and the engine must not die before the parent has

@@ -37,8 +37,8 @@ def test_two_engines_merged_and_operated_on(tmp_path: Path) -> None:
     ]
     try:
         base = str(tmp_path / "control.sock")
-        paths = [engine_socket_path(base, rank, 2) for rank in range(2)]
-        assert paths == [base + ".dp0", base + ".dp1"]
+        paths = [engine_socket_path(base, rank) for rank in range(2)]
+        assert paths == [base, base + ".dp1"]
         for path, store in zip(paths, stores, strict=True):
             start_control_server(path, store)
         put(stores[0], 1)
