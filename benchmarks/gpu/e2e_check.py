@@ -4,10 +4,15 @@ A tiny Llama with random weights (written here with transformers, no hub), promp
 stored through kvpanel's Triton kernels into pinned CPU slots and the disk tier, then served back
 (same process: CPU tier; new process: disk tier). Greedy tokens must match the recomputed run
 and logprobs stay within 1e-3. Prints one JSON document.
+
+    python benchmarks/gpu/e2e_check.py [--tensor-parallel-size N]
+With N > 1 (one GPU per rank) the engines run vLLM's multiprocess executor and kvpanel's workers
+share the store's host pool (kvpanel/cache/host_pool.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -44,7 +49,14 @@ def run(spec: dict, work: Path) -> dict:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
+    tp = ap.parse_args().tensor_parallel_size
     from kvpanel.demo.tiny_models import write_tiny_model
+
+    engine: dict = {"gpu_memory_utilization": 0.3}
+    if tp > 1:
+        engine.update(tensor_parallel_size=tp, distributed_executor_backend="mp")
 
     tmp = Path(tempfile.mkdtemp())
     model = str(write_tiny_model(tmp / "llama", "llama", seed=0))
@@ -56,7 +68,7 @@ def main() -> None:
             "model": model,
             "settings": settings,
             "rounds": [[prompt], [prompt]],
-            "engine_kwargs": {"gpu_memory_utilization": 0.3},
+            "engine_kwargs": engine,
         },
         tmp / "a",
     )
@@ -65,11 +77,11 @@ def main() -> None:
             "model": model,
             "settings": settings,
             "rounds": [[prompt]],
-            "engine_kwargs": {"gpu_memory_utilization": 0.3},
+            "engine_kwargs": engine,
         },
         tmp / "b",
     )
-    report: dict = {"first": first, "second": second}
+    report: dict = {"tensor_parallel_size": tp, "first": first, "second": second}
     try:
         ref = first["rounds"][0]["outputs"][0]
         for name, out in (

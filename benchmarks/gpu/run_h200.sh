@@ -6,7 +6,8 @@
 #   run_h200.sh ktests                the CUDA kernel tests alone
 #   run_h200.sh kcheck                CUDA kernel tests + kernels benchmark (bf16, one grid size)
 #                                     + where a lone 1-chunk call's time goes (kernels_latency.py)
-#   run_h200.sh e2e                   the e2e correctness check alone (greedy hits == recompute)
+#   run_h200.sh e2e                   the e2e correctness check alone (greedy hits == recompute);
+#                                     TP=2 runs it at --tensor-parallel-size 2 (needs 2 GPUs)
 #   run_h200.sh compare20b|compare120b
 #       MODES=vanilla,native,lmcache,kvpanel (default; any order/subset), TAG=name for outputs,
 #       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default),
@@ -83,7 +84,7 @@ case "${1:-check}" in
         echo "pytest not on the device: CUDA kernel tests not run" | tee "$OUT/kernel-tests.txt"
       fi
     fi
-    python benchmarks/gpu/e2e_check.py > "$OUT/e2e.json" 2> "$OUT/e2e.err"
+    python benchmarks/gpu/e2e_check.py --tensor-parallel-size "${TP:-1}" > "$OUT/e2e.json" 2> "$OUT/e2e.err"
     python - "$OUT/e2e.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
