@@ -95,6 +95,18 @@ def test_tp2_cpu_and_disk_hits_equal_recompute(tiny_llama, tmp_path) -> None:
         from_disk = generate(url, tiny_llama, ids)
         wait_status(server, lambda s: s["tiers"]["disk"]["hits"] >= 2)
         same(recomputed, from_disk)
+
+        # A shrink retires the segment the ranks mapped and makes a new one under a new index:
+        # the chunks promoted into it from disk reach both ranks from the new file.
+        old_segments = {p.name for p in pool.glob("seg-*")}
+        resize = f"{url}/kvpanel/v1/tiers/cpu/resize"
+        code, body = http("POST", resize, {"capacity_bytes": 32 << 20}, token=token)
+        assert code == 200, body
+        new_segments = {p.name for p in pool.glob("seg-*")}
+        assert new_segments and not new_segments & old_segments, (old_segments, new_segments)
+        after_resize = generate(url, tiny_llama, ids)
+        wait_status(server, lambda s: s["tiers"]["disk"]["hits"] >= 4)
+        same(recomputed, after_resize)
     finally:
         rc = server.stop()
     assert rc == 0
