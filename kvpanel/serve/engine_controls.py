@@ -20,19 +20,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from kvpanel.cache.stats import TierCounters
 from kvpanel.vllm_ext.control import ControlClient
 
-_COUNTERS = (
-    "hits",
-    "misses",
-    "bytes_in",
-    "bytes_out",
-    "evictions",
-    "errors",
-    "dropped",
-    "queued_bytes",
-    "skipped_slow",
-)
+# Every tier counter (TierCounters' fields) and the write-behind backlog add up over engines.
+_COUNTERS = (*(f for f in TierCounters.__slots__ if f not in ("name", "_lock")), "queued_bytes")
 _SIZES = ("capacity_bytes", "used_bytes", "chunks")
 PRIVATE_TIERS = frozenset({"cpu"})  # one per engine; disk and remote are shared by the ranks
 
