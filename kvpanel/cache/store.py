@@ -42,7 +42,7 @@ import torch
 
 from kvpanel.cache.cpu_tier import CpuTier, Reservation
 from kvpanel.cache.disk_tier import DiskTier
-from kvpanel.cache.host_pool import SharedSegments, read_rank_reports, segment_slots
+from kvpanel.cache.host_pool import SharedSegments, segment_slots
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.load_planner import LoadPlanner, RequestPlan
 from kvpanel.cache.promoter import Promotion, PromotionPool
@@ -65,10 +65,6 @@ _PLANNER_NOTE = "planner.json"
 # redis_bench.py, 6 MiB values, 4 connections: 4 values per pipeline moved 0.25 GB/s, one per
 # call 0.65 GB/s in the same run).
 _REMOTE_BATCH_BYTES = 8 << 20
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and value > 0 else 0
 
 
 class LookupState(Enum):
@@ -309,20 +305,7 @@ class TieredStore:
         self._transfers.add(nbytes, seconds, load=load, host_seconds=host_seconds)
 
     def transfers(self) -> TransferTotals:
-        """Copy totals: this process's worker's, or with a host pool every rank's, summed."""
-        totals = self._transfers.copy()
-        for report in self._rank_reports():
-            totals.merge(report.get("transfers"))
-        return totals
-
-    def engine_kv_bytes(self) -> int:
-        """The engine's KV memory as its ranks' workers reported it (0 when none did; a
-        worker in this process reports through the control module instead)."""
-        return sum(_count(r.get("engine_kv_bytes")) for r in self._rank_reports())
-
-    def _rank_reports(self) -> list[dict[str, object]]:
-        memory = self.cpu.memory
-        return read_rank_reports(memory.directory) if isinstance(memory, SharedSegments) else []
+        return self._transfers.copy()
 
     def commit(self, keys: Iterable[ChunkKey], success: bool = True) -> None:
         """Publish reserved chunks in CPU and queue them for disk and Redis."""

@@ -12,7 +12,7 @@ merges their replies and every tier operation goes to each of them:
 - a tier is healthy only when it is healthy in every engine.
 
 Primitives: EngineControl (the protocol); EngineControls(paths).call(**request);
-merge_replies(replies); dp_ranks(vllm_args) -> the local DP ranks the server starts.
+merge_replies(replies). (The DP ranks a server starts: ``vllm_flags.dp_ranks``.)
 """
 
 from __future__ import annotations
@@ -102,29 +102,3 @@ class EngineControls:
         # One engine after the other: an OSError (an engine not up yet, or gone) reaches the
         # caller as it does with one engine.
         return merge_replies([c.call(**request) for c in self.clients])
-
-
-def _flag(args: Sequence[str], *names: str) -> str | None:
-    for i, a in enumerate(args):
-        for name in names:
-            if a == name and i + 1 < len(args):
-                return args[i + 1]
-            if a.startswith(name + "="):
-                return a.split("=", 1)[1]
-    return None
-
-
-def dp_ranks(vllm_args: Sequence[str]) -> tuple[list[int], int]:
-    """(the DP ranks whose engine cores this server starts, the DP size) from vLLM's flags."""
-
-    def number(*names: str) -> int | None:
-        value = _flag(vllm_args, *names)
-        try:
-            return int(value) if value is not None else None
-        except ValueError:
-            return None  # vLLM's parser names the bad value
-
-    size = number("--data-parallel-size", "-dp") or 1
-    local = number("--data-parallel-size-local", "-dpl") or size
-    start = number("--data-parallel-start-rank", "-dpr") or 0
-    return list(range(start, min(size, start + local))), size

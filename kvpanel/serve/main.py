@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 from kvpanel.cache.host_pool import remove_stale_pools
 from kvpanel.redact import display_url
 from kvpanel.serve.auth import ensure_token
-from kvpanel.serve.engine_controls import EngineControls, dp_ranks
+from kvpanel.serve.engine_controls import EngineControls
 from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.logtee import LogTee
 from kvpanel.serve.options import ServeError, ServeOptions, parse_serve_args
 from kvpanel.serve.preflight import check_model_path
 from kvpanel.serve.startup import StartupPhases, StartupReporter, TtyProgress
 from kvpanel.serve.state_dir import ControlSocket, control_socket
+from kvpanel.serve.vllm_flags import dp_ranks
 from kvpanel.settings import ConfigError, cache_secret_from_env
 
 if TYPE_CHECKING:

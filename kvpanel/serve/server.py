@@ -28,30 +28,10 @@ from typing import Any
 from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.options import ServeError, ServeOptions
 from kvpanel.serve.startup import StartupPhases
+from kvpanel.serve.vllm_flags import flag_value as _flag_value
+from kvpanel.serve.vllm_flags import world_size
 
 log = logging.getLogger("kvpanel")
-
-
-def _flag_value(args: list[str], flag: str) -> str | None:
-    for i, a in enumerate(args):
-        if a == flag and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
-def world_size(args: list[str]) -> int:
-    """Workers the engine will run (tensor x pipeline parallel), from vLLM's flags."""
-    size = 1
-    for flags in (
-        ("--tensor-parallel-size", "--tensor_parallel_size", "-tp"),
-        ("--pipeline-parallel-size", "--pipeline_parallel_size", "-pp"),
-    ):
-        value = next((v for f in flags if (v := _flag_value(args, f)) is not None), None)
-        with contextlib.suppress(ValueError):  # vLLM's own parser names the bad value
-            size *= int(value) if value is not None else 1
-    return size
 
 
 def renderer_workers() -> int:

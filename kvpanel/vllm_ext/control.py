@@ -29,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from kvpanel.cache.host_pool import SharedSegments
+from kvpanel.cache.host_pool import SharedSegments, read_rank_reports
 from kvpanel.cache.store import TieredStore
 from kvpanel.settings import MAX_TIER_BYTES, fmt_size
 
@@ -78,12 +78,14 @@ def _reply(store: TieredStore, ok: bool = True) -> dict[str, Any]:
     for name, row in tiers.items():
         # What the panel's resize preview checks against before it sends anything.
         row["max_capacity_bytes"] = resize_limit(store, name)[0]
-    reply: dict[str, Any] = {
-        "ok": ok,
-        "tiers": tiers,
-        "transfers": store.transfers().to_dict(),
-    }
-    engine_kv_bytes = _engine_kv_bytes or store.engine_kv_bytes()  # TP: the ranks' reports
+    transfers, engine_kv_bytes = store.transfers(), _engine_kv_bytes
+    memory = store.cpu.memory
+    if isinstance(memory, SharedSegments):  # TP: the workers are other processes; they report
+        for report in read_rank_reports(memory.directory):
+            transfers.merge(report.get("transfers"))
+            kv = report.get("engine_kv_bytes")
+            engine_kv_bytes += kv if isinstance(kv, int) and kv > 0 else 0
+    reply: dict[str, Any] = {"ok": ok, "tiers": tiers, "transfers": transfers.to_dict()}
     if engine_kv_bytes:
         reply["engine_kv_bytes"] = engine_kv_bytes
     return reply

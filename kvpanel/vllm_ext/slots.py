@@ -2,7 +2,7 @@
 
 Primitives:
     SlotSource  - shard(slot_id) -> this rank's bytes of the slot; shard_bytes; record_transfer;
-                  report_engine_kv_bytes; publish (after each batch of finished copies)
+                  report_engine_kv_bytes; publish (each engine step, throttled)
     StoreSlots  - one rank: the scheduler's TieredStore, in this same process
     PoolSlots   - several ranks: the store's segments mapped from the host pool (cache.host_pool);
                   rank r's shard of a slot is bytes [r * shard, (r + 1) * shard)
@@ -10,6 +10,7 @@ Primitives:
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import torch
@@ -20,6 +21,8 @@ from kvpanel.cache.stats import TransferTotals
 from kvpanel.cache.store import TieredStore
 from kvpanel.vllm_ext import runtime
 from kvpanel.vllm_ext.control import report_engine_kv_bytes
+
+_REPORT_S = 0.25
 
 
 class SlotSource(Protocol):
@@ -65,7 +68,8 @@ class PoolSlots:
     """This rank's shards of the slots the scheduler's store placed in the shared host pool.
 
     The scheduler's store is in another process: this rank's copy totals and KV memory reach
-    it as a report file in the pool, rewritten after each batch of finished copies."""
+    it as a report file in the pool, rewritten after finished copies at most every
+    ``_REPORT_S`` (the engine steps every few ms under load; the status polls once a second)."""
 
     def __init__(self, mapper: SegmentMapper, rank: int, ranks: int, slot_bytes: int) -> None:
         if slot_bytes % ranks:
@@ -77,6 +81,8 @@ class PoolSlots:
         self._checked = False
         self._totals = TransferTotals()
         self._kv_bytes = 0
+        self._unreported = False
+        self._next_report = 0.0
 
     @property
     def shard_bytes(self) -> int:
@@ -95,10 +101,15 @@ class PoolSlots:
 
     def record_transfer(self, nbytes: int, seconds: float, load: bool, host_s: float) -> None:
         self._totals.add(nbytes, seconds, load=load, host_seconds=host_s)
+        self._unreported = True
 
     def report_engine_kv_bytes(self, nbytes: int) -> None:
         self._kv_bytes = nbytes  # told at the first publish: the pool may not exist yet
 
     def publish(self) -> None:
+        now = time.monotonic()
+        if not self._unreported or now < self._next_report:
+            return
+        self._unreported, self._next_report = False, now + _REPORT_S
         report = {"engine_kv_bytes": self._kv_bytes, "transfers": self._totals.to_dict()}
         write_rank_report(self.mapper.directory, self.rank, report)

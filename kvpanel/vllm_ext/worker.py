@@ -181,8 +181,7 @@ class KvpanelWorker(OffloadingWorker):
             trace.emit("done", job=job.job_id, gpu_s=seconds)
             results.append(TransferResult(job.job_id, True, job.nbytes, seconds))
         self._jobs = pending
-        if results:
-            self.slots.publish()
+        self.slots.publish()  # every step: a report throttled, and never one left behind
         return results
 
     def wait(self, job_ids: set[int]) -> None:

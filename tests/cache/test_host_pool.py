@@ -253,13 +253,21 @@ def test_pool_files_are_private_to_the_engines_user(tmp_path):
     tier.close()
 
 
-def test_rank_reports_are_summed_and_garbage_is_left_out(tmp_path):
+def test_rank_reports_are_summed_and_garbage_is_left_out(tmp_path, monkeypatch):
     from kvpanel.cache.host_pool import write_rank_report
+    from kvpanel.vllm_ext import control
 
+    monkeypatch.setattr(control, "_engine_kv_bytes", 0)  # no worker in this process
     pool = tmp_path / "pool"
     fp = make_fp()
     with TieredStore(fp, cpu_bytes=4 * fp.chunk_bytes, host_pool=pool) as store:
-        assert store.engine_kv_bytes() == 0
+
+        def stats() -> dict:
+            reply = control.handle_request(store, {"op": "stats"})
+            assert reply["ok"], reply
+            return reply
+
+        assert stats().get("engine_kv_bytes", 0) == 0
         for rank in (0, 1):
             write_rank_report(
                 pool,
@@ -270,9 +278,10 @@ def test_rank_reports_are_summed_and_garbage_is_left_out(tmp_path):
         (pool / "rank-3.json").write_text(
             '{"engine_kv_bytes": -5, "transfers": {"load_bytes": "x"}}'
         )
-        assert store.engine_kv_bytes() == 2000
-        totals = store.transfers()
-        assert totals.load_bytes == 20 and totals.load_seconds == 1.0
+        reply = stats()
+        assert reply["engine_kv_bytes"] == 2000
+        totals = reply["transfers"]
+        assert totals["load_bytes"] == 20 and totals["load_seconds"] == 1.0
     write_rank_report(pool, 0, {})  # the pool is gone: nothing raised
 
 

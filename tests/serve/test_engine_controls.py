@@ -10,8 +10,9 @@ import torch
 
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.store import TieredStore
-from kvpanel.serve.engine_controls import EngineControls, dp_ranks, merge_replies
+from kvpanel.serve.engine_controls import EngineControls, merge_replies
 from kvpanel.serve.hub import StatusHub
+from kvpanel.serve.vllm_flags import dp_ranks
 from kvpanel.vllm_ext.control import engine_socket_path, start_control_server
 
 CHUNK = 4096

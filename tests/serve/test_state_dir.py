@@ -6,6 +6,7 @@ import os
 import socket
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,8 @@ from kvpanel.vllm_ext.control import ControlClient, start_control_server
 class FakeStore:
     """What the control server asks of a TieredStore for a stats call."""
 
+    cpu = SimpleNamespace(memory=None)  # private CPU memory: no TP rank reports to read
+
     def stats(self) -> dict:
         return {}
 
@@ -25,9 +28,6 @@ class FakeStore:
                 return {"loads": 0}
 
         return T()
-
-    def engine_kv_bytes(self) -> int:
-        return 0
 
 
 def serve_and_ask(path: str) -> dict:
