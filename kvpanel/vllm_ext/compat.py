@@ -19,7 +19,6 @@ from vllm.v1.kv_offload.base import (  # noqa: F401  (re-exported)
     GPULoadStoreSpec,
     LoadStoreSpec,
     LookupResult,
-    Medium,
     OffloadingEvent,
     OffloadingManager,
     OffloadingSpec,
@@ -31,6 +30,13 @@ from vllm.v1.kv_offload.base import (  # noqa: F401  (re-exported)
     TransferResult,
 )
 from vllm.v1.kv_offload.config import OffloadingConfig  # noqa: F401
+
+try:  # 0.32+: an event's medium is an enum
+    from vllm.v1.kv_offload.base import Medium
+
+    CPU_MEDIUM: Any = Medium.CPU
+except ImportError:  # 0.26: a plain string
+    CPU_MEDIUM = "CPU"
 
 try:  # 0.32+: where a hit's KV came from (get_load_source, per-source prompt-token metrics)
     from vllm.v1.metrics.cache_hit_source import CacheHitSource

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from kvpanel.cache.cpu_tier import CpuTier
 from kvpanel.cache.keys import ChunkKey
-from kvpanel.vllm_ext.compat import Medium, OffloadingEvent, OffloadKey
+from kvpanel.vllm_ext.compat import CPU_MEDIUM, OffloadingEvent, OffloadKey
 
 
 class CpuTierEvents:
@@ -65,7 +65,7 @@ class CpuTierEvents:
             if events and events[-1].removed == removed:
                 events[-1].keys.append(key)
             else:
-                events.append(OffloadingEvent(keys=[key], medium=Medium.CPU, removed=removed))
+                events.append(OffloadingEvent(keys=[key], medium=CPU_MEDIUM, removed=removed))
         return events
 
     def close(self) -> None:
