@@ -16,7 +16,19 @@ Primitives:
   engine-side bookkeeping: ``note_computed(tokens)``, ``note_recompute(tokens_held)`` (a request
   went to the engine), ``note_request_tokens(tokens, chunks)`` (prompt sizes in tokens and in
   chunks to load, for the expectation: a model with several KV groups has several chunks per
-  prompt position, a sliding-window group only the last few).
+  prompt position, a sliding-window group only the last few); ``note_arrival()`` /
+  ``note_started()`` (a request was given to the engine / the engine first asked about it).
+
+The engine's queue includes the requests it was given and has not asked about yet: vLLM asks
+about a waiting request only once it has room to schedule it, so at every lookup the engine
+looks idle and recomputing the one request asked about always looks faster than a disk that
+reads ~1 GB/s (the H200 restart run: "recomputing from token 0 ... 0 queued" for every request).
+Counting those requests (at the mean prompt size) as recompute work, a lower tier is offered
+while it delivers before the engine would be through its queue: the tier reads beside the
+GPU instead of never, and since the engine is busy until then anyway, the round ends no later
+than with no tier. The price: a loaded request can start later than if the engine had taken
+it at once, by at most the engine's time on requests that waited behind it, each of which
+starts that much sooner. A single request on an idle engine still goes to the faster of the two.
 
 Until a tier's read rate and the engine's rate have both been measured, everything is
 admitted: a decision needs measurements, and a cold start must not turn tiers off. A restart
@@ -150,6 +162,7 @@ class LoadPlanner:
         self._chunks_per_token = 1.0 / chunk_tokens
         self._backlog_tokens = 0.0  # prompt tokens the engine still has to recompute (estimate)
         self._backlog_at = time.monotonic()
+        self._waiting = 0  # requests given to the engine and not asked about yet
         self._next_log = 0.0
 
     # ----- engine side ------------------------------------------------------------------------
@@ -174,6 +187,16 @@ class LoadPlanner:
             if self._prompt_tokens is not None:
                 self._backlog_tokens += max(0.0, self._prompt_tokens - tokens_held)
 
+    def note_arrival(self) -> None:
+        """A request was given to the engine (vLLM's ``on_new_request``)."""
+        with self._lock:
+            self._waiting += 1
+
+    def note_started(self) -> None:
+        """The engine asked about a request given earlier, or it ended before it was asked."""
+        with self._lock:
+            self._waiting = max(0, self._waiting - 1)
+
     def _drain(self) -> None:
         # Called with the lock held: the engine works its backlog off at its measured rate.
         now = time.monotonic()
@@ -196,7 +219,8 @@ class LoadPlanner:
             return True  # nothing measured yet
         with self._lock:
             self._drain()
-            engine_backlog = self._backlog_tokens
+            waiting = self._waiting
+            engine_backlog = self._backlog_tokens + waiting * (self._prompt_tokens or 0.0)
             # One position of prompt: a chunk per KV group that a load reads.
             position_bytes = self._chunks_per_token * self._chunk_tokens * self._chunk_bytes
         load_s = (backlog_bytes + position_bytes) / read_rate
@@ -208,7 +232,8 @@ class LoadPlanner:
             self._next_log = now + 5.0
             log.info(
                 "kvpanel planner: recomputing from token %d instead of loading from %s "
-                "(%.2f GB/s, %.0f MB queued: %.3f s; engine %.0f tokens/s, %.0f queued: %.3f s)",
+                "(%.2f GB/s, %.0f MB queued: %.3f s; engine %.0f tokens/s, %.0f queued "
+                "with %d requests waiting: %.3f s)",
                 prefix_tokens - self._chunk_tokens,
                 tier,
                 read_rate / 1e9,
@@ -216,6 +241,7 @@ class LoadPlanner:
                 load_s,
                 engine_rate,
                 engine_backlog,
+                waiting,
                 recompute_s,
             )
         return False
@@ -263,11 +289,12 @@ class LoadPlanner:
     def snapshot(self) -> dict[str, float | None]:
         with self._lock:
             self._drain()
-            backlog, prompt = self._backlog_tokens, self._prompt_tokens
+            backlog, prompt, waiting = self._backlog_tokens, self._prompt_tokens, self._waiting
         return {
             "disk_read_bytes_per_s": self.reads["disk"].rate,
             "remote_read_bytes_per_s": self.reads["remote"].rate,
             "engine_tokens_per_s": self.engine.rate,
             "engine_backlog_tokens": backlog,
+            "engine_waiting_requests": float(waiting),
             "mean_prompt_tokens": prompt,
         }

@@ -95,6 +95,9 @@ class KvpanelManager(OffloadingManager):
         self.engine_id = engine_id
         self._planner = store.planner
         self._requests: OrderedDict[str, _Request] = OrderedDict()
+        # Requests vLLM was given and has not asked about yet: work queued for the engine,
+        # which the load planner counts (cache.load_planner).
+        self._arrived: OrderedDict[str, None] = OrderedDict()
         self._key_cache: dict[OffloadKey, ChunkKey] = {}
         self._events = CpuTierEvents(store.cpu) if kv_events else None
         self._shut_down = False
@@ -121,6 +124,7 @@ class KvpanelManager(OffloadingManager):
         if info is None:
             info = self._requests[req_id] = _Request()
             trace.emit("ask", req=req_id)
+            self._leave_queue(req_id)
             if len(self._requests) > _MAX_OPEN_REQUESTS:
                 self._requests.popitem(last=False)
         return info
@@ -220,7 +224,13 @@ class KvpanelManager(OffloadingManager):
         if info is not None:
             info.blocks |= positions
 
+    def _leave_queue(self, req_id: str) -> None:
+        if req_id in self._arrived:
+            del self._arrived[req_id]
+            self._planner.note_started()
+
     def on_request_finished(self, req_context: ReqContext) -> None:
+        self._leave_queue(req_context.req_id)  # ended (aborted) before it was asked about
         info = self._requests.pop(req_context.req_id, None)
         if info is not None and info.blocks:
             # What a load of this prompt reads: known only from a request that was served from
@@ -229,6 +239,12 @@ class KvpanelManager(OffloadingManager):
             self._planner.note_request_tokens(tokens, len(info.held) or None)
 
     def on_new_request(self, req_context: ReqContext) -> RequestOffloadingContext:
+        if req_context.req_id not in self._arrived and req_context.req_id not in self._requests:
+            self._arrived[req_context.req_id] = None
+            self._planner.note_arrival()
+            if len(self._arrived) > _MAX_OPEN_REQUESTS:  # a leak guard, as for _requests
+                self._arrived.popitem(last=False)
+                self._planner.note_started()
         return RequestOffloadingContext()
 
     def has_pending_work(self) -> bool:

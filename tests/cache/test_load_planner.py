@@ -181,3 +181,57 @@ def test_busy_rate_ignores_jobs_finishing_together() -> None:
     meter.finish(100)
     meter.finish(100)  # right after: its own busy time is ~0
     assert meter.rate is not None and 1000 < meter.rate < 2500  # exact: 2000
+
+
+def test_requests_waiting_for_the_engine_count_as_its_work() -> None:
+    """A prompt reads in 0.5 s from the tier and recomputes in 0.33 s (the H200's disk against
+    its GPU, scaled): alone, recompute; with 19 requests given to the engine and not yet asked
+    about, the engine is busy for seconds and the tier's read goes beside it."""
+    prompt = 64 * TOKENS
+    p = planner(read_bps=64 * CHUNK_BYTES / 0.5, engine_tps=prompt / 0.33, prompt=prompt)
+    assert not p.admit("disk", 0, TOKENS)  # an idle engine beats the tier on the first chunk
+    for _ in range(19):
+        p.note_arrival()
+    assert p.admit("disk", 0, TOKENS)
+    assert p.snapshot()["engine_waiting_requests"] == 19
+    for _ in range(25):  # started or ended; never below zero
+        p.note_started()
+    assert p.snapshot()["engine_waiting_requests"] == 0
+    assert not p.admit("disk", 0, TOKENS)
+
+
+def burst_loaded_share(arrivals: bool) -> float:
+    """20 requests of 8 chunks given at once; the engine asks about each only when it has
+    drained what it had (backlog 0 at every first lookup, as vLLM's scheduler does). The tier
+    reads a prompt in 1.5x the engine's recompute time. Returns the share of chunks loaded."""
+    chunks, n = 8, 20
+    prompt = chunks * TOKENS
+    engine_tps = 1e6
+    p = planner(read_bps=chunks * CHUNK_BYTES / (1.5 * prompt / engine_tps), engine_tps=engine_tps)
+    p.note_request_tokens(prompt)
+    for _ in range(n if arrivals else 0):
+        p.note_arrival()
+    loaded = 0
+    for _ in range(n):
+        if arrivals:
+            p.note_started()
+        plan = RequestPlan()
+        for pos in range(chunks):
+            # What the tier still has to read: the chunks loaded so far, less what it read while
+            # the engine worked (kept simple: a tier that falls behind keeps its backlog).
+            backlog = loaded * CHUNK_BYTES
+
+            def admit(pos: int = pos, backlog: int = backlog) -> bool:
+                return p.admit("disk", backlog, (pos + 1) * TOKENS)
+
+            if not plan.decide("disk", pos, admit):
+                break
+            loaded += 1
+    return loaded / (n * chunks)
+
+
+def test_a_burst_splits_between_a_slower_tier_and_the_engine() -> None:
+    assert burst_loaded_share(arrivals=False) == 0.0  # every lookup sees an idle engine
+    share = burst_loaded_share(arrivals=True)
+    # Balanced: the tier takes what it reads before the engine is through the queue (~40 %).
+    assert 0.2 <= share <= 0.6, share

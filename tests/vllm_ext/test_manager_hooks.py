@@ -153,3 +153,24 @@ def test_chunks_in_flight_at_a_reset_free_their_slots_once_flushed() -> None:
         out = manager.prepare_store(fresh, ReqContext(req_id="x"))
         assert out is not None and len(out.keys_to_store) == 4
         assert manager.pinned_for_jobs == 4  # only the new store's reservations
+
+
+def test_requests_not_asked_about_yet_are_the_engines_queue() -> None:
+    # vLLM gives requests at on_new_request and asks about each once it can schedule it; the
+    # planner counts the ones in between as work the engine has queued.
+    with TieredStore(make_fp(), cpu_bytes=8 * CHUNK) as store:
+        manager = KvpanelManager(store, make_fp())
+        contexts = [ReqContext(req_id=f"r{i}") for i in range(3)]
+        for ctx in contexts:
+            manager.on_new_request(ctx)
+        manager.on_new_request(contexts[0])  # told twice: counted once
+        assert store.planner.snapshot()["engine_waiting_requests"] == 3
+        manager.lookup(b"k1", contexts[0])
+        manager.lookup(b"k2", contexts[0])  # later polls of the same request change nothing
+        assert store.planner.snapshot()["engine_waiting_requests"] == 2
+        manager.on_request_finished(contexts[1])  # ended (aborted) before it was asked about
+        manager.on_request_finished(contexts[0])
+        assert store.planner.snapshot()["engine_waiting_requests"] == 1
+        manager.lookup(b"k1", contexts[2])
+        manager.on_request_finished(contexts[2])
+        assert store.planner.snapshot()["engine_waiting_requests"] == 0
