@@ -10,7 +10,9 @@
 #                                     TP=2 runs it at --tensor-parallel-size 2 (needs 2 GPUs)
 #   run_h200.sh compare20b|compare120b
 #       MODES=vanilla,native,lmcache,kvpanel (default; any order/subset), TAG=name for outputs,
-#       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default),
+#       EAGER=1 adds --enforce-eager to every mode (default: CUDA graphs, vLLM's default;
+#       do not cap the capture sizes to save start time: batches outside the graphs JIT-compile
+#       Triton kernels in the first server's rounds, docs/benchmarks.md "Ninth session"),
 #       ENGINE_EXTRA="..." appends vLLM flags to every mode, QUERY_ROUNDS=N runs the query
 #       round N times per server start (--query-rounds; default 1, LMCache's benchmark),
 #       BENCH_EXTRA="..." appends kvpanel bench flags (e.g. --token-ids),
