@@ -23,12 +23,13 @@ The engine's queue includes the requests it was given and has not asked about ye
 about a waiting request only once it has room to schedule it, so at every lookup the engine
 looks idle and recomputing the one request asked about always looks faster than a disk that
 reads ~1 GB/s (the H200 restart run: "recomputing from token 0 ... 0 queued" for every request).
-Counting those requests (at the mean prompt size) as recompute work, a lower tier is offered
-while it delivers before the engine would be through its queue: the tier reads beside the
-GPU instead of never, and since the engine is busy until then anyway, the round ends no later
-than with no tier. The price: a loaded request can start later than if the engine had taken
-it at once, by at most the engine's time on requests that waited behind it, each of which
-starts that much sooner. A single request on an idle engine still goes to the faster of the two.
+Counting up to two of those requests (at the mean prompt size) as recompute work, a lower
+tier is offered while it delivers before the engine would be through them: the tier reads
+beside the GPU instead of never, and since the engine is busy until then anyway, the round
+ends no later than with no tier. The price: a loaded request can start later than if the
+engine had taken it at once, by at most the engine's time on two mean prompts (as if it stood
+third in line), while the requests behind it start sooner. A tier slower than that, or a
+single request on an idle engine, goes to the faster of the two as before.
 
 Until a tier's read rate and the engine's rate have both been measured, everything is
 admitted: a decision needs measurements, and a cold start must not turn tiers off. A restart
@@ -47,6 +48,9 @@ from collections.abc import Callable
 
 log = logging.getLogger("kvpanel")
 
+# Waiting requests counted as the engine's queue: a loaded request then waits at most as long
+# as it would standing third in that queue, however many wait (or however slow the tier).
+_WAITING_COUNTED = 2
 # Busy time a measured rate must span (reads of one 6-12 MB chunk take ~5-10 ms).
 _MIN_SAMPLE_S = 0.05
 
@@ -220,7 +224,8 @@ class LoadPlanner:
         with self._lock:
             self._drain()
             waiting = self._waiting
-            engine_backlog = self._backlog_tokens + waiting * (self._prompt_tokens or 0.0)
+            ahead = min(waiting, _WAITING_COUNTED) * (self._prompt_tokens or 0.0)
+            engine_backlog = self._backlog_tokens + ahead
             # One position of prompt: a chunk per KV group that a load reads.
             position_bytes = self._chunks_per_token * self._chunk_tokens * self._chunk_bytes
         load_s = (backlog_bytes + position_bytes) / read_rate

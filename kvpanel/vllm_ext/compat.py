@@ -27,14 +27,15 @@ from vllm.v1.kv_offload.base import (  # noqa: F401  (re-exported)
     PrepareStoreOutput,
     ReqContext,
     RequestOffloadingContext,
+    ScheduleEndContext,
     TransferResult,
 )
 from vllm.v1.kv_offload.config import OffloadingConfig  # noqa: F401
 
-try:  # 0.32+: an event's medium is an enum
-    from vllm.v1.kv_offload.base import Medium
+try:  # 0.32+: an event's medium is an enum (kept private: 0.26 has no Medium to re-export)
+    from vllm.v1.kv_offload.base import Medium as _Medium
 
-    CPU_MEDIUM: Any = Medium.CPU
+    CPU_MEDIUM: Any = _Medium.CPU
 except ImportError:  # 0.26: a plain string
     CPU_MEDIUM = "CPU"
 

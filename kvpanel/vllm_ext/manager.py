@@ -40,6 +40,7 @@ from kvpanel.vllm_ext.compat import (
     PrepareStoreOutput,
     ReqContext,
     RequestOffloadingContext,
+    ScheduleEndContext,
 )
 from kvpanel.vllm_ext.kv_events import CpuTierEvents
 
@@ -246,6 +247,12 @@ class KvpanelManager(OffloadingManager):
                 self._arrived.popitem(last=False)
                 self._planner.note_started()
         return RequestOffloadingContext()
+
+    def on_schedule_end(self, context: ScheduleEndContext) -> None:
+        # A request scheduled without a lookup (vLLM asks only about prompts with a whole chunk
+        # beyond its GPU prefix hit) is out of the queue too, not counted until it finishes.
+        for req_id in context.new_req_ids:
+            self._leave_queue(req_id)
 
     def has_pending_work(self) -> bool:
         # Keep the engine stepping while disk -> CPU promotions run, so lookups get retried.

@@ -26,9 +26,14 @@ PACKAGE = Path(kvpanel.__file__).parent
 RECORD = Path(__file__).with_name("vllm_0_26_names.json")
 
 
+_CATCHING = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+
+
 def _catches_import_error(handler: ast.ExceptHandler) -> bool:
-    caught = ast.unparse(handler.type) if handler.type is not None else ""
-    return not caught or "ImportError" in caught or "Exception" in caught
+    if handler.type is None:
+        return True
+    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(ast.unparse(t).rsplit(".", 1)[-1] in _CATCHING for t in types)
 
 
 def _context(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> str:
@@ -67,29 +72,57 @@ def vllm_imports(*contexts: str) -> dict[str, set[str]]:
     return found
 
 
+def _top_level_names(tree: ast.Module) -> set[str]:
+    """Names a module binds at import time: its top-level statements, and those inside its
+    top-level ``if``/``try`` blocks, but not ``if TYPE_CHECKING:`` imports."""
+    names: set[str] = set()
+    body = list(tree.body)
+    while body:
+        node = body.pop(0)
+        if isinstance(node, ast.If):
+            if "TYPE_CHECKING" not in ast.unparse(node.test):
+                body += node.body
+            body += node.orelse
+        elif isinstance(node, ast.Try):
+            body += node.body + node.orelse + node.finalbody
+            for handler in node.handlers:
+                body += handler.body
+        elif isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if node.value is not None:
+                names.add(node.target.id)
+        elif isinstance(node, ast.ImportFrom | ast.Import):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
 def record_from_site(site: Path) -> dict[str, list[str]]:
-    """For every module kvpanel imports from (guarded or not), the imported names that the vLLM
-    tree under ``site`` defines, read from its source (no import: it needs CUDA torch)."""
+    """For every module kvpanel imports from (guarded or not) that the vLLM tree under ``site``
+    has: every name it binds at import time and its submodules, read from the source (no
+    import: it needs CUDA torch). Names a module serves lazily (a module ``__getattr__``)
+    count when they are in its ``__all__``."""
     out: dict[str, list[str]] = {}
-    for module, names in sorted(vllm_imports("plain", "fallback", "guarded").items()):
+    for module in sorted(vllm_imports("plain", "fallback", "guarded")):
         base = site / module.replace(".", "/")
         source = base.with_suffix(".py")
         if not source.exists():
             source = base / "__init__.py"
         if not source.exists():
             continue
-        defined: set[str] = set()
-        for node in ast.walk(ast.parse(source.read_text())):
-            if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                defined.add(node.name)
-            elif isinstance(node, ast.Assign):
-                defined.update(t.id for t in node.targets if isinstance(t, ast.Name))
-            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                defined.add(node.target.id)
-            elif isinstance(node, ast.ImportFrom | ast.Import):
-                defined.update((a.asname or a.name).split(".")[0] for a in node.names)
-        submodules = {n for n in names if (base / f"{n}.py").exists() or (base / n).is_dir()}
-        out[module] = sorted((names & defined) | submodules)
+        tree = ast.parse(source.read_text())
+        names = _top_level_names(tree)
+        if "__getattr__" in names:
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and "__all__" in ast.unparse(node.targets[0]):
+                    names.update(ast.literal_eval(node.value))
+        if source.name == "__init__.py":
+            names.update(p.stem for p in base.glob("*.py") if p.stem != "__init__")
+            names.update(p.name for p in base.iterdir() if (p / "__init__.py").exists())
+        out[module] = sorted(n for n in names if not n.startswith("__"))
     return out
 
 

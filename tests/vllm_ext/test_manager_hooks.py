@@ -12,7 +12,7 @@ import pytest
 
 from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.store import TieredStore
-from kvpanel.vllm_ext.compat import CacheHitSource, LookupResult, Medium, ReqContext
+from kvpanel.vllm_ext.compat import CPU_MEDIUM, CacheHitSource, LookupResult, ReqContext
 from kvpanel.vllm_ext.manager import KvpanelManager
 
 from .test_manager import CHUNK, make_fp
@@ -51,7 +51,7 @@ def test_kv_events_report_cpu_stores_and_removals_under_vllm_keys() -> None:
         store_chunks(manager, [b"k1", b"k2"])
         events = list(manager.take_events())
         assert [(e.removed, e.medium, sorted(e.keys)) for e in events] == [
-            (False, Medium.CPU, [b"k1", b"k2"])
+            (False, CPU_MEDIUM, [b"k1", b"k2"])
         ]
         assert list(manager.take_events()) == []  # taken once
         manager.lookup(b"k2", ReqContext(req_id="r"))  # k1 is now the LRU victim
@@ -174,3 +174,20 @@ def test_requests_not_asked_about_yet_are_the_engines_queue() -> None:
         manager.lookup(b"k1", contexts[2])
         manager.on_request_finished(contexts[2])
         assert store.planner.snapshot()["engine_waiting_requests"] == 0
+
+
+def test_a_request_scheduled_without_a_lookup_leaves_the_queue() -> None:
+    # vLLM asks about a prompt only if it has a whole chunk beyond its GPU prefix hit: a short
+    # one is scheduled unasked and must not count as queued work until it finishes.
+    from kvpanel.vllm_ext.compat import ScheduleEndContext
+
+    with TieredStore(make_fp(), cpu_bytes=8 * CHUNK) as store:
+        manager = KvpanelManager(store, make_fp())
+        for i in range(3):
+            manager.on_new_request(ReqContext(req_id=f"short{i}"))
+        manager.on_schedule_end(
+            ScheduleEndContext(new_req_ids=["short0", "short1"], preempted_req_ids=[])
+        )
+        assert store.planner.snapshot()["engine_waiting_requests"] == 1
+        manager.on_request_finished(ReqContext(req_id="short0"))  # finishing changes nothing now
+        assert store.planner.snapshot()["engine_waiting_requests"] == 1
