@@ -10,6 +10,7 @@ Primitives:
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Protocol
 
@@ -69,7 +70,9 @@ class PoolSlots:
 
     The scheduler's store is in another process: this rank's copy totals and KV memory reach
     it as a report file in the pool, rewritten after finished copies at most every
-    ``_REPORT_S`` (the engine steps every few ms under load; the status polls once a second)."""
+    ``_REPORT_S`` (the engine steps every few ms under load; the status polls once a second).
+    A report held back by that limit is written by a timer: the engine may not step again
+    (its last request done), and the last copies must still reach the status."""
 
     def __init__(self, mapper: SegmentMapper, rank: int, ranks: int, slot_bytes: int) -> None:
         if slot_bytes % ranks:
@@ -79,10 +82,12 @@ class PoolSlots:
         self._slot_bytes = slot_bytes
         self._shard = slot_bytes // ranks
         self._checked = False
+        self._lock = threading.Lock()  # the engine's thread and the report timer
         self._totals = TransferTotals()
         self._kv_bytes = 0
         self._unreported = False
         self._next_report = 0.0
+        self._timer: threading.Timer | None = None
 
     @property
     def shard_bytes(self) -> int:
@@ -100,16 +105,36 @@ class PoolSlots:
         return self.mapper.slot(slot_id)[start : start + self._shard]
 
     def record_transfer(self, nbytes: int, seconds: float, load: bool, host_s: float) -> None:
-        self._totals.add(nbytes, seconds, load=load, host_seconds=host_s)
-        self._unreported = True
+        with self._lock:
+            self._totals.add(nbytes, seconds, load=load, host_seconds=host_s)
+            self._unreported = True
 
     def report_engine_kv_bytes(self, nbytes: int) -> None:
-        self._kv_bytes = nbytes  # told at the first publish: the pool may not exist yet
+        with self._lock:
+            self._kv_bytes = nbytes  # told at the first publish: the pool may not exist yet
+            self._unreported = True
 
     def publish(self) -> None:
-        now = time.monotonic()
-        if not self._unreported or now < self._next_report:
-            return
-        self._unreported, self._next_report = False, now + _REPORT_S
+        with self._lock:
+            if not self._unreported:
+                return
+            wait = self._next_report - time.monotonic()
+            if wait > 0:
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._publish_held)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._write()
+
+    def _publish_held(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._unreported:
+                self._write()
+
+    def _write(self) -> None:
+        # Called with the lock held.
+        self._unreported, self._next_report = False, time.monotonic() + _REPORT_S
         report = {"engine_kv_bytes": self._kv_bytes, "transfers": self._totals.to_dict()}
         write_rank_report(self.mapper.directory, self.rank, report)
