@@ -28,8 +28,7 @@ from typing import Any
 from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.options import ServeError, ServeOptions
 from kvpanel.serve.startup import StartupPhases
-from kvpanel.serve.vllm_flags import flag_value as _flag_value
-from kvpanel.serve.vllm_flags import world_size
+from kvpanel.serve.vllm_flags import flag_value, world_size
 
 log = logging.getLogger("kvpanel")
 
@@ -51,18 +50,18 @@ def renderer_workers() -> int:
 
 def vllm_argv(opts: ServeOptions, model: str, kv_config: dict[str, Any] | None) -> list[str]:
     args = list(opts.vllm_args)
-    if _flag_value(args, "--kv-transfer-config") is not None and kv_config is not None:
+    if flag_value(args, "--kv-transfer-config") is not None and kv_config is not None:
         raise ServeError("--kv-transfer-config is set by kvpanel; use --offload none to pass yours")
     args = ["--model", model, *args]
-    if _flag_value(args, "--distributed-executor-backend") is None and world_size(args) == 1:
+    if flag_value(args, "--distributed-executor-backend") is None and world_size(args) == 1:
         # One worker: in the scheduler's process, sharing its store (see vllm_ext.runtime).
         # Several (TP) run on vLLM's multiprocess executor and share the store's host pool.
         args += ["--distributed-executor-backend", "uni"]
-    if _flag_value(args, "--host") is None:
+    if flag_value(args, "--host") is None:
         args += ["--host", "127.0.0.1"]  # loopback unless told otherwise
     # vLLM refuses several renderer threads for some pooling setups; leave those alone.
-    generating = _flag_value(args, "--runner") in (None, "generate", "auto")
-    if generating and _flag_value(args, "--renderer-num-workers") is None:
+    generating = flag_value(args, "--runner") in (None, "generate", "auto")
+    if generating and flag_value(args, "--renderer-num-workers") is None:
         from kvpanel.vllm_ext.compat import has_engine_arg  # imports vLLM: only when serving
 
         workers = renderer_workers()
