@@ -17,6 +17,11 @@ for vLLM's native offload under ``benchmarks/gpu/probe_site``: before the prefil
 request that waited for GPU room, the finish that let it in. Requests are found in the trace
 by their API response id (vLLM's request id is it plus suffixes); admissions pair with load
 jobs in order (one process, FIFO).
+
+After the requests: the round's engine steps split into time in vLLM's ``schedule()`` (with
+kvpanel's lookups and store reservations), the model (schedule end -> update start) and
+``update_from_output``; every step of ``--slow-ms`` or more is listed with its prefill chunks
+and the loads and stores kvpanel submitted in it.
 """
 
 from __future__ import annotations
@@ -94,6 +99,45 @@ def round_view(result: dict, name: str, events: list[dict]) -> list[dict] | None
     return rows
 
 
+def step_view(events: list[dict], t0: float, t1: float, slow_ms: float) -> tuple[dict, list[dict]]:
+    """The round's engine steps from the probe's ``sched`` (with ``s``, time in schedule())
+    and ``upd`` (with ``s``, time in update_from_output) events: totals of scheduling, model
+    and update time, and every step slower than ``slow_ms`` with what it carried."""
+    in_round = [e for e in events if t0 <= e["t"] <= t1]
+    totals = {"steps": 0, "sched_ms": 0.0, "model_ms": 0.0, "update_ms": 0.0}
+    slow: list[dict] = []
+    sched = None
+    jobs: list[dict] = []
+    for e in in_round:
+        if e["ev"] == "sched" and "s" in e:
+            sched, jobs = e, []
+        elif e["ev"] == "submit" and sched is not None:
+            jobs.append(e)
+        elif e["ev"] == "upd" and sched is not None:
+            sched_ms = sched["s"] * 1e3
+            model_ms = (e["t"] - e["s"] - sched["t"]) * 1e3
+            update_ms = e["s"] * 1e3
+            totals["steps"] += 1
+            totals["sched_ms"] += sched_ms
+            totals["model_ms"] += model_ms
+            totals["update_ms"] += update_ms
+            if sched_ms + model_ms + update_ms >= slow_ms:
+                slow.append(
+                    {
+                        "at": round((sched["t"] - sched["s"] - t0) * 1e3, 1),
+                        "sched_ms": round(sched_ms, 1),
+                        "model_ms": round(model_ms, 1),
+                        "update_ms": round(update_ms, 1),
+                        "n": sched["n"],
+                        "prefill": sorted(sched["prefill"].values(), reverse=True),
+                        "loads_mb": [round(j["bytes"] / 1e6) for j in jobs if j["load"]],
+                        "stores_mb": [round(j["bytes"] / 1e6) for j in jobs if not j["load"]],
+                    }
+                )
+            sched = None
+    return {k: round(v, 1) for k, v in totals.items()}, slow
+
+
 def gaps(rows: list[dict]) -> dict[str, float]:
     """Median ms between the stages, over requests that have both ends."""
     pairs = [
@@ -124,6 +168,9 @@ def main() -> None:
     ap.add_argument("compare_json", type=Path)
     ap.add_argument("trace", type=Path)
     ap.add_argument("--mode", default=None, help="one mode of the file (default: each)")
+    ap.add_argument(
+        "--slow-ms", type=float, default=150.0, help="list engine steps at least this long"
+    )
     args = ap.parse_args()
     doc = json.loads(args.compare_json.read_text())
     events = load_events(args.trace)
@@ -140,6 +187,13 @@ def main() -> None:
             for r in rows:
                 print("  " + "  ".join(f"{k}={v}" for k, v in r.items()))
             print("  median gaps (ms):", json.dumps(gaps([r for r in rows if "tok" in r])))
+            t0 = result["rounds"][name].get("started_at") or 0.0
+            t1 = t0 + result["rounds"][name]["total_s"]
+            totals, slow = step_view(events, t0, t1, args.slow_ms)
+            if totals["steps"]:  # traces from before the probe timed its calls have none
+                print("  engine steps (ms):", json.dumps(totals))
+                for row in slow:
+                    print("  slow step: " + "  ".join(f"{k}={v}" for k, v in row.items()))
 
 
 if __name__ == "__main__":

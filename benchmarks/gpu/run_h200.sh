@@ -19,6 +19,9 @@
 #       TRACE=1 writes kvpanel's event trace (KVPANEL_TRACE) and prints handoff_trace.py's
 #       per-request view of it into NAME.txt (the trace itself goes into the logs' archive);
 #       PROBE=1 with it: benchmarks/gpu/probe_site traces vLLM's scheduler in every mode.
+#       JIT=1 adds --jit-monitor-verbose (vLLM logs every Triton compile during inference, not
+#       only each kernel's first) and copies those lines into NAME.txt: the tenth session's
+#       restart rounds had 0.85-1.05 s steps that its trace could not explain.
 #   run_h200.sh restart20b
 #       The restart benchmark (issue 17) on gpt-oss-20b, same workload and flags as compare20b:
 #       each mode's server runs the warm-up round, gets SIGTERM (kvpanel flushes its disk tier),
@@ -29,6 +32,16 @@
 #       vanilla,native,kvpanel; two engine starts per mode, so run one mode per device call
 #       (MODES=kvpanel, then native, then vanilla) to stay inside the 10-minute limit.
 #       DROP_PAGE_CACHE=0 keeps the page cache (the "files in the page cache" row).
+#   run_h200.sh disk20b
+#       What writing the disk tier costs (issue 17: warm-up round within 5 % of no disk tier,
+#       nothing dropped, write rate >= 80 % of dd's): 4 parallel O_DIRECT dd writes and reads
+#       on DISK_PATH's filesystem, then the compare20b workload with MODES=kvpanel-cpu,kvpanel
+#       (default; kvpanel-cpu is kvpanel without the disk tier) and a 40 GiB disk tier, no
+#       restart; prints both rounds, the disk tier's dropped chunks and its write rate while
+#       writing (tiers.disk.write_bytes_per_s) beside dd's.
+#   run_h200.sh restart120b
+#       The same on gpt-oss-120b with 8 GiB of GPU KV (compare120b's workload; issue 17's
+#       <= 0.7 x row). Not run yet: two 120b starts may not fit one 10-minute call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/kvpanel-out}
@@ -99,10 +112,44 @@ for k in ("first", "second"):
         print(k, "tiers", json.dumps(r[k]["rounds"][-1]["tiers"]["cpu"]), json.dumps(r[k]["rounds"][-1]["tiers"]["disk"]))
 PY
     ;;
-  compare20b|compare120b|restart20b)
-    if [ "$1" = compare120b ]; then M=$GPT_OSS_120B; KV=8589934592; else M=$GPT_OSS_20B; KV=4294967296; fi
+  disk20b)
+    DISK=${DISK_PATH:-/var/tmp/kvpanel-restart-disk}
+    rm -rf "${DISK:?}" && mkdir -p "$DISK" || exit 1
+    case "$(stat -f -c %T "$DISK")" in tmpfs|ramfs) echo "DISK_PATH $DISK is memory" >&2; exit 1 ;; esac
+    dd_rate() {  # $1: write|read -> GB/s of 4 parallel 1 GiB O_DIRECT streams
+      local t0 t1 i
+      t0=$(date +%s.%N)
+      for i in 0 1 2 3; do
+        if [ "$1" = write ]; then
+          dd if=/dev/zero of="$DISK/dd$i" bs=16M count=64 oflag=direct status=none &
+        else
+          dd if="$DISK/dd$i" of=/dev/null bs=16M iflag=direct status=none &
+        fi
+      done
+      wait
+      t1=$(date +%s.%N)
+      python -c "print(f'{4 * 2**30 / ($t1 - $t0) / 1e9:.2f}')"
+    }
+    DD_W=$(dd_rate write); DD_R=$(dd_rate read); rm -f "$DISK"/dd?
+    echo "dd on $DISK: 4 x 1 GiB O_DIRECT: write $DD_W GB/s, read $DD_R GB/s" | tee -a "$OUT/device.txt"
+    NAME="disk20b${TAG:+-$TAG}"
+    [ "${TRACE:-0}" = 1 ] && export KVPANEL_TRACE="$OUT/serve-trace-$NAME.log"
+    python -m kvpanel.cli bench long-doc-qa --compare "${MODES:-kvpanel-cpu,kvpanel}" \
+      --model "$GPT_OSS_20B" --num-documents 20 --document-length 20000 --output-len 50 \
+      --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
+      --completions --cpu-cache-gb 40 --kv-cache-memory 4294967296 \
+      --engine-args "--load-format dummy --max-model-len 32768 ${ENGINE_EXTRA:-}" \
+      --disk-path "$DISK" --disk-cache-gb 40 \
+      --no-progress ${BENCH_EXTRA:-} --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -12
+    rm -rf "${DISK:?}"
+    python benchmarks/gpu/disk_summary.py "$OUT/$NAME.json" "$DD_W" | tee -a "$OUT/$NAME.txt"
+    (cd "$OUT" && ls serve-*.log >/dev/null 2>&1 && tar czf "serve-logs-$NAME.tgz" serve-*.log && rm -f serve-*.log)
+    rm -f "$OUT"/*.png
+    ;;
+  compare20b|compare120b|restart20b|restart120b)
+    case "$1" in *120b) M=$GPT_OSS_120B; KV=8589934592 ;; *) M=$GPT_OSS_20B; KV=4294967296 ;; esac
     RESTART_ARGS=()
-    if [ "$1" = restart20b ]; then
+    if [ "${1#restart}" != "$1" ]; then
       MODES=${MODES:-vanilla,native,kvpanel}
       DISK=${DISK_PATH:-/var/tmp/kvpanel-restart-disk}
       rm -rf "${DISK:?}" && mkdir -p "$DISK" || exit 1
@@ -117,6 +164,7 @@ PY
     case ",$MODES," in *,lmcache,*) install_lmcache || exit 1 ;; esac
     EXTRA="${ENGINE_EXTRA:-}"
     [ "${EAGER:-0}" = 1 ] && EXTRA="$EXTRA --enforce-eager"
+    [ "${JIT:-0}" = 1 ] && EXTRA="$EXTRA --jit-monitor-verbose"
     NAME="$1${TAG:+-$TAG}"
     [ "${TRACE:-0}" = 1 ] && export KVPANEL_TRACE="$OUT/serve-trace-$NAME.log"
     [ "${PROBE:-0}" = 1 ] && export PYTHONPATH="$PWD/benchmarks/gpu/probe_site:$PYTHONPATH"
@@ -127,14 +175,18 @@ PY
       --engine-args "--load-format dummy --max-model-len 32768 $EXTRA" \
       ${RESTART_ARGS[@]+"${RESTART_ARGS[@]}"} \
       --no-progress ${BENCH_EXTRA:-} --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -40
-    [ "$1" = restart20b ] && rm -rf "${DISK:?}"  # up to 40 GiB of the machine's disk
+    [ "${1#restart}" != "$1" ] && rm -rf "${DISK:?}"  # up to 40 GiB of the machine's disk
     # Where each mode's start-up went (vLLM's own timing lines).
     grep -hE "took|takes|finished in|KV cache size|Maximum concurrency|pinned" \
       "$OUT"/serve-*.log 2>/dev/null | cut -c1-220 | head -40 \
       | tee -a "$OUT/$NAME.txt"
+    if [ "${JIT:-0}" = 1 ]; then
+      grep -H "JIT compilation during inference" "$OUT"/serve-*.log 2>/dev/null | cut -c1-260 \
+        >> "$OUT/$NAME.txt"
+    fi
     if [ -n "${KVPANEL_TRACE:-}" ] && [ -f "$KVPANEL_TRACE" ]; then
       python benchmarks/gpu/handoff_trace.py "$OUT/$NAME.json" "$KVPANEL_TRACE" 2>&1 \
-        | tee -a "$OUT/$NAME.txt" | grep -E "==|median"
+        | tee -a "$OUT/$NAME.txt" | grep -E "==|median|engine steps|slow step"
     fi
     # At most 8 files come back from a device call: plots out, server logs in one archive.
     rm -f "$OUT"/*.png

@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="MODES",
         help="comma-separated, from vanilla (= none), native, lmcache (needs the lmcache "
-        "package), kvpanel; e.g. vanilla,native,lmcache,kvpanel",
+        "package), kvpanel, kvpanel-cpu (kvpanel without the disk tier of --disk-path, to "
+        "see what writing it costs); e.g. vanilla,native,lmcache,kvpanel",
     )
     c.add_argument("--engine-args", default="", help="extra vLLM args for every engine (quoted)")
     c.add_argument(

@@ -47,6 +47,7 @@ from kvpanel.bench.server_proc import (
     ServeFailed,
     ServeProcess,
     default_serve_prefix,
+    has_disk_tier,
     serve_command,
     serve_env,
 )
@@ -92,7 +93,8 @@ def parse_modes(text: str) -> list[str]:
         raise ValueError("--compare needs at least one mode")
     for m in modes:
         if m not in OFFLOAD_MODES:
-            raise ValueError(f"unknown mode {m!r} (known: vanilla, native, lmcache, kvpanel)")
+            known = ", ".join(k for k in OFFLOAD_MODES if k != "none")
+            raise ValueError(f"unknown mode {m!r} (known: {known})")
     if len(set(modes)) != len(modes):
         raise ValueError(f"a mode is repeated in {text!r}")
     return modes
@@ -116,7 +118,7 @@ def run_modes(
     outcomes = []
     for mode in modes:
         offload = OFFLOAD_MODES[mode]
-        argv = build_argv(offload)
+        argv = build_argv(mode)
         outcome = ModeOutcome(mode=mode, offload=offload, argv=argv)
         outcomes.append(outcome)
         print(f"[{mode}] starting: {shlex.join(redact_argv(argv))}", file=out, flush=True)
@@ -267,6 +269,22 @@ def _json_tree(x: Any) -> Any:
     return x
 
 
+def mode_argv(args: argparse.Namespace, prefix: Sequence[str], model: str, mode: str) -> list[str]:
+    """The serve argv of one ``--compare`` mode (the disk tier goes to ``kvpanel`` only)."""
+    disk = has_disk_tier(mode)
+    return serve_command(
+        prefix,
+        model,
+        OFFLOAD_MODES[mode],
+        engine_args=args.engine_args,
+        cpu_cache_gb=args.cpu_cache_gb,
+        kv_cache_memory=args.kv_cache_memory,
+        num_gpu_blocks_override=args.num_gpu_blocks_override,
+        disk_path=args.disk_path if disk else None,
+        disk_cache_gb=args.disk_cache_gb if disk else None,
+    )
+
+
 def compare_main(args: argparse.Namespace, params: BenchParams) -> int:
     """The ``--compare`` path of ``bench_main``."""
     try:
@@ -282,18 +300,8 @@ def compare_main(args: argparse.Namespace, params: BenchParams) -> int:
     prefix = shlex.split(args.serve_command) if args.serve_command else default_serve_prefix()
     model = params.model
 
-    def build_argv(offload: str) -> list[str]:
-        return serve_command(
-            prefix,
-            model,
-            offload,
-            engine_args=args.engine_args,
-            cpu_cache_gb=args.cpu_cache_gb,
-            kv_cache_memory=args.kv_cache_memory,
-            num_gpu_blocks_override=args.num_gpu_blocks_override,
-            disk_path=args.disk_path,
-            disk_cache_gb=args.disk_cache_gb,
-        )
+    def build_argv(mode: str) -> list[str]:
+        return mode_argv(args, prefix, model, mode)
 
     restart = None
     if args.restart_before_query:

@@ -6,6 +6,7 @@ server accepts requests (the control token is read from that file: it is never p
 status snapshots; its logs go to stderr; SIGTERM stops it (exit 0).
 
     OFFLOAD_MODES                  - comparison name -> ``--offload`` value
+    has_disk_tier(mode)            - does this mode get ``--disk-path`` (kvpanel only)
     default_serve_prefix()         - how to invoke ``kvpanel serve`` from this interpreter
     serve_command(...)             - the full argv for one mode
     serve_env(offload)             - the environment for one mode's server
@@ -38,11 +39,20 @@ OFFLOAD_MODES = {
     "native": "native",
     "lmcache": "lmcache",
     "kvpanel": "kvpanel",
+    # kvpanel with its CPU tier only, even with --disk-path: beside "kvpanel" in one run, what
+    # the disk tier costs the rounds that write it (issue 17: within 5 %)
+    "kvpanel-cpu": "kvpanel",
 }
 STDERR_TAIL = 200
 STDOUT_KEPT = 10_000
 # "RuntimeError: message" / "Exception: message" (a traceback's last line, maybe behind a prefix)
 _EXC_LINE = re.compile(r"\b[A-Za-z_][\w.]*(?:Error|Exception): \S.*$")
+
+
+def has_disk_tier(mode: str) -> bool:
+    """Only the ``kvpanel`` mode gets the disk tier: the other engines have none, and
+    ``kvpanel-cpu`` is kvpanel without it."""
+    return mode == "kvpanel"
 
 
 class ServeFailed(RuntimeError):

@@ -29,6 +29,7 @@ class TierStats:
     dropped: int = 0  # chunks evicted from CPU before their write-behind reached this tier
     queued_bytes: int = 0  # committed to CPU, waiting for their write to this tier
     skipped_slow: int = 0  # held chunks not offered: the engine would recompute them sooner
+    write_bytes_per_s: float | None = None  # write-behind speed while writing (disk, remote)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

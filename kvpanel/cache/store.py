@@ -348,10 +348,10 @@ class TieredStore:
         out = {"cpu": self.cpu.stats(), "disk": disk}
         if self.remote is not None:
             out["remote"] = self.remote.stats()
-        for name in ("disk", "remote"):
-            queued = self._write_behind.pending_bytes(name)
-            if name in out and queued:
-                out[name] = replace(out[name], queued_bytes=queued)
+        wb = self._write_behind
+        for name in set(out) & {"disk", "remote"}:
+            queued, rate = wb.pending_bytes(name), wb.write_rate(name)
+            out[name] = replace(out[name], queued_bytes=queued, write_bytes_per_s=rate)
         return out
 
     def flush(

@@ -12,7 +12,8 @@ Primitives:
   which stays evictable) and ``writers`` threads. A writer takes the oldest keys, pins their
   slots, writes, unpins. A key the CPU tier evicted before its turn can no longer be written:
   it is counted as ``dropped`` on that target, the only way a committed chunk misses a tier
-  that accepts writes. ``pending_bytes`` and ``flush(timeout, progress)`` say what is left.
+  that accepts writes. ``pending_bytes`` and ``flush(timeout, progress)`` say what is left;
+  ``write_rate(name)`` how fast that tier takes writes while it has some.
 
 Nothing is dropped because a queue is full: the queue is bounded by what the CPU tier holds.
 """
@@ -29,6 +30,7 @@ from typing import Protocol
 import torch
 
 from kvpanel.cache.keys import ChunkKey
+from kvpanel.cache.load_planner import BusyRate
 
 Progress = Callable[[int], None]  # bytes still to write
 
@@ -60,6 +62,9 @@ class _Lane:
         self._cond = threading.Condition()
         self._queue: OrderedDict[ChunkKey, None] = OrderedDict()
         self._busy = 0  # keys taken by writers, not finished
+        # Bytes written per second of time a writer was busy: the tier's write speed, which
+        # wall time would understate whenever the queue runs dry (issue 17: >= 80 % of dd).
+        self.rate = BusyRate()
         self._closing = False
         self._threads = [
             threading.Thread(
@@ -133,8 +138,11 @@ class _Lane:
                 pinned.append(key)
                 items.append((key, source.view(slot)))
             if items and target.accepts():
+                self.rate.start()
+                written = 0
                 with contextlib.suppress(Exception):  # targets never raise; a bug must not kill us
-                    target.write_many(items)
+                    written = sum(target.write_many(items))
+                self.rate.finish(written * source.slot_bytes)
         finally:
             if pinned:
                 source.release(pinned)
@@ -155,6 +163,11 @@ class WriteBehind:
         for lane in self._lanes:
             if lane.target.accepts():
                 lane.enqueue(keys)
+
+    def write_rate(self, target_name: str) -> float | None:
+        """Bytes per second while writing to that tier (recent writes), None before any."""
+        lane = next((x for x in self._lanes if x.target.name == target_name), None)
+        return None if lane is None else lane.rate.rate
 
     def pending_bytes(self, target_name: str | None = None) -> int:
         lanes = [x for x in self._lanes if target_name in (None, x.target.name)]

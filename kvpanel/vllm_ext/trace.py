@@ -115,15 +115,20 @@ def install_engine_probe() -> None:
     started: set[str] = set()
 
     def probed_schedule(self: Any, *args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
         out = schedule(self, *args, **kwargs)
         tokens = getattr(out, "num_scheduled_tokens", None) or {}
         new = [getattr(r, "req_id", None) for r in getattr(out, "scheduled_new_reqs", ())]
         prefill = {r: n for r, n in tokens.items() if n > 1}
-        emit("sched", new=new, prefill=prefill, n=len(tokens))
+        # s: seconds inside schedule() (vLLM's and the connector's: kvpanel's lookups and
+        # store reservations), so a slow step splits into scheduling, the model and the update.
+        emit("sched", new=new, prefill=prefill, n=len(tokens), s=time.perf_counter() - began)
         return out
 
     def probed_update(self: Any, *args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
         outs = update(self, *args, **kwargs)
+        emit("upd", s=time.perf_counter() - began)  # the model's output reached the scheduler
         for eco in (outs or {}).values():
             for o in getattr(eco, "outputs", ()):
                 rid = getattr(o, "request_id", None)

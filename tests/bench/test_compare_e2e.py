@@ -181,6 +181,19 @@ def test_compare_vanilla_native_kvpanel_on_cpu(tiny_llama, tmp_path):  # noqa: F
     for r in loaded_rows:  # one clock, one request: the stages come in this order
         assert r["ask"] <= r["admit"] <= r["sub"] <= r["gpu"] <= r["loaded"] <= r["pre"], r
         assert r["pre"] <= r["out1"] <= r["tok"] <= r["end"] and r["out1"] <= r["fin"], r
+    # The probe times vLLM's schedule() and update_from_output(): the round's steps split into
+    # scheduling, model and update time, all of it inside the round.
+    query = modes["kvpanel"]["result"]["rounds"]["query"]
+    totals, slow = handoff.step_view(
+        handoff.load_events(tmp_path / "trace.jsonl"),
+        query["started_at"],
+        query["started_at"] + query["total_s"],
+        slow_ms=0.0,
+    )
+    assert totals["steps"] >= 1 and len(slow) == totals["steps"], totals
+    assert all(min(x["sched_ms"], x["model_ms"], x["update_ms"]) >= 0 for x in slow), slow
+    spent = totals["sched_ms"] + totals["model_ms"] + totals["update_ms"]
+    assert 0 < spent <= query["total_s"] * 1e3, totals
 
     # The per-mode files.
     for name in ("vanilla", "kvpanel"):

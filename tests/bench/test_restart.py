@@ -28,7 +28,7 @@ def test_each_mode_is_restarted_between_the_rounds(
     rc = bench_main(
         [
             "long-doc-qa",
-            "--compare", "vanilla,kvpanel",
+            "--compare", "vanilla,kvpanel-cpu,kvpanel",
             "--model", "tiny-llama",
             "--serve-command", SERVE,
             "--disk-path", str(disk),
@@ -52,7 +52,7 @@ def test_each_mode_is_restarted_between_the_rounds(
     data = json.loads(out.read_text())
     assert data["restart_before_query"] is True
     modes = {m["mode"]: m for m in data["modes"]}
-    for name in ("vanilla", "kvpanel"):
+    for name in ("vanilla", "kvpanel-cpu", "kvpanel"):
         m = modes[name]
         assert m["ok"], m["error"]
         r = m["restart"]
@@ -83,8 +83,13 @@ def test_each_mode_is_restarted_between_the_rounds(
         assert r["same_text_as_warmup"] == {"same": 6, "compared": 6}
         assert r["start_s"] >= 0 and r["stop_s"] >= 0
         assert Path(r["log_path"]) == tmp_path / f"serve-{name}-restarted.log"
-    # The disk tier goes to the kvpanel mode only (vanilla's server would refuse it).
+    # The disk tier goes to the kvpanel mode only (vanilla's server would refuse it);
+    # kvpanel-cpu is kvpanel without it.
     assert "--disk-path" not in modes["vanilla"]["last_status"]["argv"]
+    cpu_argv = modes["kvpanel-cpu"]["last_status"]["argv"]
+    assert cpu_argv[cpu_argv.index("--offload") + 1] == "kvpanel"
+    assert "--disk-path" not in cpu_argv and "--disk-cache-gb" not in cpu_argv
+    assert modes["kvpanel-cpu"]["offload"] == "kvpanel"
     kv_argv = modes["kvpanel"]["last_status"]["argv"]
     assert kv_argv[kv_argv.index("--disk-path") + 1] == str(disk)
     assert kv_argv[kv_argv.index("--disk-cache-gb") + 1] == "0.5"

@@ -110,3 +110,61 @@ def test_close_writes_what_is_queued(tmp_path: Path, fp: Fingerprint) -> None:
         assert sorted(again.keys()) == sorted(key(i) for i in range(10))
     finally:
         again.close()
+
+
+def test_write_rate_counts_busy_time_not_idle_time(tmp_path: Path, fp: Fingerprint) -> None:
+    """The disk's write rate in the stats is bytes over the time a writer was busy: a disk
+    that takes 0.1 s per chunk reads as at most a chunk per 0.1 s, and a 0.6 s pause between
+    two writes (an empty queue) does not make it look slower."""
+    with TieredStore(
+        fp, cpu_bytes=8 * CHUNK_BYTES, disk_path=tmp_path, disk_bytes=1 << 20, disk_writers=1
+    ) as store:
+        assert store.disk is not None
+        assert store.stats()["disk"].write_bytes_per_s is None  # nothing written yet
+        real = store.disk.write_many
+
+        def slow(items):  # type: ignore[no-untyped-def]
+            time.sleep(0.1 * len(items))
+            return real(items)
+
+        store.disk.write_many = slow  # type: ignore[method-assign]
+        commit(store, 0)
+        assert store.flush(30)
+        time.sleep(0.6)
+        commit(store, 1)
+        assert store.flush(30)
+        rate = store.stats()["disk"].write_bytes_per_s
+        assert rate is not None
+        per_chunk = CHUNK_BYTES / 0.1
+        # Upper bound: each write slept 0.1 s per chunk. Lower bound: far above the wall-clock
+        # figure, which the 0.6 s pause would cut to 2 chunks / 0.8 s = 0.25 per 0.1 s.
+        assert 0.5 * per_chunk < rate <= per_chunk, (rate, per_chunk)
+
+
+def test_a_failed_write_adds_no_bytes_to_the_rate(tmp_path: Path, fp: Fingerprint) -> None:
+    with TieredStore(
+        fp, cpu_bytes=8 * CHUNK_BYTES, disk_path=tmp_path, disk_bytes=1 << 20, disk_writers=1
+    ) as store:
+        assert store.disk is not None
+        real = store.disk.write_many
+
+        def failing(items):  # type: ignore[no-untyped-def]
+            time.sleep(0.06)
+            return [False] * len(items)
+
+        store.disk.write_many = failing  # type: ignore[method-assign]
+        commit(store, 0)
+        assert store.flush(30)
+        # Busy time but no bytes written: no figure (BusyRate needs bytes), not a speed.
+        assert store.stats()["disk"].write_bytes_per_s is None
+
+        def slow(items):  # type: ignore[no-untyped-def]
+            time.sleep(0.06)
+            return real(items)
+
+        store.disk.write_many = slow  # type: ignore[method-assign]
+        commit(store, 1)
+        assert store.flush(30)
+        # The failed write's time still counts as busy: a failing disk reads as slower.
+        rate = store.stats()["disk"].write_bytes_per_s
+        assert rate is not None and 0 < rate < CHUNK_BYTES / 0.06, rate
