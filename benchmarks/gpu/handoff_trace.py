@@ -18,10 +18,11 @@ request that waited for GPU room, the finish that let it in. Requests are found 
 by their API response id (vLLM's request id is it plus suffixes); admissions pair with load
 jobs in order (one process, FIFO).
 
-After the requests: the round's engine steps split into time in vLLM's ``schedule()`` (with
-kvpanel's lookups and store reservations), the model (schedule end -> update start) and
-``update_from_output``; every step of ``--slow-ms`` or more is listed with its prefill chunks
-and the loads and stores kvpanel submitted in it.
+After the requests: the round's engine steps (paired by step number: async scheduling
+schedules the next step before this one's output is in) split into time in vLLM's
+``schedule()`` (with kvpanel's lookups and store reservations), the model (schedule end ->
+its output in) and ``update_from_output``; every step of ``--slow-ms`` or more is listed with
+its prefill chunks and the loads and stores kvpanel submitted while it ran.
 """
 
 from __future__ import annotations
@@ -100,22 +101,32 @@ def round_view(result: dict, name: str, events: list[dict]) -> list[dict] | None
 
 
 def step_view(events: list[dict], t0: float, t1: float, slow_ms: float) -> tuple[dict, list[dict]]:
-    """The round's engine steps from the probe's ``sched`` (with ``s``, time in schedule())
-    and ``upd`` (with ``s``, time in update_from_output) events: totals of scheduling, model
-    and update time, and every step slower than ``slow_ms`` with what it carried."""
+    """The round's engine steps from the probe's ``sched`` and ``upd`` events, paired by
+    process and step number (with async scheduling, vLLM's default, the next step is
+    scheduled before this one's output is in): totals of scheduling (``schedule()``), model
+    (from the later of its schedule end and the previous step's output, to its own output)
+    and update (``update_from_output()``) time, and every step of ``slow_ms`` or more with
+    what it carried: its prefill chunks, and the loads and stores kvpanel's worker submitted
+    between its scheduling and its output (a TP engine's ranks each submit their own)."""
     in_round = [e for e in events if t0 <= e["t"] <= t1]
     totals = {"steps": 0, "sched_ms": 0.0, "model_ms": 0.0, "update_ms": 0.0}
     slow: list[dict] = []
-    sched = None
-    jobs: list[dict] = []
+    open_steps: dict[tuple, tuple[dict, list[dict]]] = {}
+    last_out: dict = {}  # pid -> when its previous step's output was in
     for e in in_round:
-        if e["ev"] == "sched" and "s" in e:
-            sched, jobs = e, []
-        elif e["ev"] == "submit" and sched is not None:
-            jobs.append(e)
-        elif e["ev"] == "upd" and sched is not None:
+        if e["ev"] == "sched" and e.get("step") is not None:
+            open_steps[(e.get("pid"), e["step"])] = (e, [])
+        elif e["ev"] == "submit":
+            for _, jobs in open_steps.values():
+                jobs.append(e)
+        elif e["ev"] == "upd" and (e.get("pid"), e.get("step")) in open_steps:
+            sched, jobs = open_steps.pop((e.get("pid"), e["step"]))
             sched_ms = sched["s"] * 1e3
-            model_ms = (e["t"] - e["s"] - sched["t"]) * 1e3
+            # Steps run in order on the GPU: a step scheduled ahead (async) starts its model
+            # time once the previous step's output is in, not while it waits behind it.
+            began = max(sched["t"], last_out.get(e.get("pid"), 0.0))
+            model_ms = (e["t"] - e["s"] - began) * 1e3
+            last_out[e.get("pid")] = e["t"]
             update_ms = e["s"] * 1e3
             totals["steps"] += 1
             totals["sched_ms"] += sched_ms
@@ -125,6 +136,7 @@ def step_view(events: list[dict], t0: float, t1: float, slow_ms: float) -> tuple
                 slow.append(
                     {
                         "at": round((sched["t"] - sched["s"] - t0) * 1e3, 1),
+                        "step": sched["step"],
                         "sched_ms": round(sched_ms, 1),
                         "model_ms": round(model_ms, 1),
                         "update_ms": round(update_ms, 1),
@@ -134,7 +146,6 @@ def step_view(events: list[dict], t0: float, t1: float, slow_ms: float) -> tuple
                         "stores_mb": [round(j["bytes"] / 1e6) for j in jobs if not j["load"]],
                     }
                 )
-            sched = None
     return {k: round(v, 1) for k, v in totals.items()}, slow
 
 

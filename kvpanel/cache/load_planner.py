@@ -4,7 +4,8 @@ and under load the tier serves some requests while the GPU recomputes others.
 
 Primitives:
 - ``BusyRate``: the throughput of something that works on several jobs at once (a tier's
-  promotion threads), as work done over the time it had work (not wall time), smoothed.
+  promotion or write-behind threads), as work done over the time it had work (not wall
+  time), recent seconds weighted most.
 - ``PeakRate``: the engine's recompute rate in tokens/s, the best 2 s window recently seen
   (the engine is not always busy, and an idle engine's throughput says nothing about its speed).
 - ``RequestPlan``: one request's decisions: per tier, the prompt position from which its chunks
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -56,21 +58,25 @@ _MIN_SAMPLE_S = 0.05
 
 
 class BusyRate:
-    """Units per second of busy time: units and busy seconds both summed with exponential
-    forgetting (``weight`` per finished job), so jobs that finish together add their units to
-    the same busy time instead of reading as units over microseconds."""
+    """Units per second of busy time (time with at least one job running, however many run
+    side by side), both summed with exponential forgetting over wall time (``half_life_s``):
+    jobs that finish together add their units to the same busy time instead of reading as
+    units over microseconds, and many short jobs add up (a per-job weight would cap the busy
+    time at a few jobs' worth: 6 MB writes of ~2 ms would never reach a measurement)."""
 
-    def __init__(self, weight: float = 0.2) -> None:
-        self._keep = 1.0 - weight
+    def __init__(self, half_life_s: float = 5.0) -> None:
+        self._decay_per_s = math.log(2) / half_life_s
         self._lock = threading.Lock()
         self._active = 0
         self._busy_since = 0.0
+        self._aged_at = time.monotonic()
         self._units = 0.0
         self._busy_s = 0.0
         self._seeded: float | None = None
 
     @property
     def rate(self) -> float | None:
+        # Not aged here: an idle tier keeps its last measurement (its speed did not change).
         with self._lock:
             if self._busy_s >= _MIN_SAMPLE_S and self._units > 0:
                 return self._units / self._busy_s
@@ -94,8 +100,10 @@ class BusyRate:
             busy = now - self._busy_since if self._active else 0.0
             self._busy_since = now
             self._active = max(0, self._active - 1)
-            self._units = self._keep * self._units + units
-            self._busy_s = self._keep * self._busy_s + busy
+            keep = math.exp(-self._decay_per_s * (now - self._aged_at))
+            self._aged_at = now
+            self._units = keep * self._units + units
+            self._busy_s = keep * self._busy_s + busy
 
 
 class PeakRate:

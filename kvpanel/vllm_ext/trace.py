@@ -13,7 +13,13 @@ Events (``ev``):
     step    - worker: ``get_finished`` was called (once per engine step)
     sched   - vLLM's scheduler made a step (``new``: requests computed for the first time,
               e.g. right after their load; ``prefill``: request -> tokens, for those given
-              more than one token; ``n``: requests in the step)        [engine probe]
+              more than one token; ``n``: requests in the step; ``s``: seconds inside
+              ``schedule()``, kvpanel's lookups and reservations included; ``step``: its
+              number in this process; ``pid``)                       [engine probe]
+    upd     - that step's output reached the scheduler (``step``, ``pid``; ``s``: seconds
+              inside ``update_from_output()``). With async scheduling (vLLM's default) the
+              next step is scheduled before this one's output is in: pair by ``step``, not
+              by order                                                 [engine probe]
     out1    - a request's first output token left vLLM's scheduler        [engine probe]
     fin     - a request finished in vLLM's scheduler                      [engine probe]
 
@@ -29,6 +35,7 @@ engine loop pays a ``json.dumps`` and a list append per event.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import threading
@@ -101,7 +108,8 @@ def flush() -> None:
 
 
 def install_engine_probe() -> None:
-    """With the trace on, emit ``sched`` / ``out1`` / ``fin`` from vLLM's scheduler (once)."""
+    """With the trace on, emit ``sched`` / ``upd`` / ``out1`` / ``fin`` from vLLM's
+    scheduler (once)."""
     if not enabled():
         return
     try:
@@ -113,22 +121,32 @@ def install_engine_probe() -> None:
     if schedule is None or update is None or getattr(Scheduler, "_kvpanel_probe", False):
         return
     started: set[str] = set()
+    pid = os.getpid()
+    steps = itertools.count()
+    step_of: dict[int, int] = {}  # id(SchedulerOutput) -> step number, until its update
 
     def probed_schedule(self: Any, *args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
         out = schedule(self, *args, **kwargs)
+        took = time.perf_counter() - began
         tokens = getattr(out, "num_scheduled_tokens", None) or {}
         new = [getattr(r, "req_id", None) for r in getattr(out, "scheduled_new_reqs", ())]
         prefill = {r: n for r, n in tokens.items() if n > 1}
+        step = next(steps)
+        if len(step_of) > 64:  # outputs never updated (an aborted step): do not grow
+            step_of.clear()
+        step_of[id(out)] = step
         # s: seconds inside schedule() (vLLM's and the connector's: kvpanel's lookups and
         # store reservations), so a slow step splits into scheduling, the model and the update.
-        emit("sched", new=new, prefill=prefill, n=len(tokens), s=time.perf_counter() - began)
+        emit("sched", new=new, prefill=prefill, n=len(tokens), s=took, step=step, pid=pid)
         return out
 
     def probed_update(self: Any, *args: Any, **kwargs: Any) -> Any:
         began = time.perf_counter()
         outs = update(self, *args, **kwargs)
-        emit("upd", s=time.perf_counter() - began)  # the model's output reached the scheduler
+        sched_out = args[0] if args else kwargs.get("scheduler_output")
+        step = step_of.pop(id(sched_out), None)
+        emit("upd", s=time.perf_counter() - began, step=step, pid=pid)
         for eco in (outs or {}).values():
             for o in getattr(eco, "outputs", ()):
                 rid = getattr(o, "request_id", None)

@@ -168,3 +168,25 @@ def test_a_failed_write_adds_no_bytes_to_the_rate(tmp_path: Path, fp: Fingerprin
         # The failed write's time still counts as busy: a failing disk reads as slower.
         rate = store.stats()["disk"].write_bytes_per_s
         assert rate is not None and 0 < rate < CHUNK_BYTES / 0.06, rate
+
+
+def test_many_short_writes_on_four_writers_give_a_rate(tmp_path: Path, fp: Fingerprint) -> None:
+    """A fast disk: 3 ms per chunk on 4 writers. The rate is measured (a per-job forgetting
+    weight once kept it None forever) and counts the writers' overlapping time once."""
+    n = 80
+    with TieredStore(
+        fp, cpu_bytes=(n + 8) * CHUNK_BYTES, disk_path=tmp_path, disk_bytes=(n + 8) << 13
+    ) as store:
+        assert store.disk is not None
+        real = store.disk.write_many
+
+        def fast(items):  # type: ignore[no-untyped-def]
+            time.sleep(0.003 * len(items))
+            return real(items)
+
+        store.disk.write_many = fast  # type: ignore[method-assign]
+        for i in range(n):
+            commit(store, i)
+        assert store.flush(30)
+        rate = store.stats()["disk"].write_bytes_per_s
+        assert rate is not None and rate <= 4 * CHUNK_BYTES / 0.003, rate
