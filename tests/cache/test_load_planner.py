@@ -14,20 +14,26 @@ from kvpanel.cache.store import LookupState, TieredStore
 TOKENS = 16  # the cache tests' chunk_tokens
 
 
+def run_jobs(meter: BusyRate, threads: int, jobs: int, seconds: float) -> None:
+    """``threads`` threads side by side, each timing ``jobs`` jobs of ``seconds``, 1 unit each."""
+
+    def work() -> None:
+        for _ in range(jobs):
+            meter.start()
+            time.sleep(seconds)
+            meter.finish(1)
+
+    running = [threading.Thread(target=work) for _ in range(threads)]
+    for t in running:
+        t.start()
+    for t in running:
+        t.join()
+
+
 def test_busy_rate_counts_parallel_jobs_once() -> None:
     """Four jobs of 0.1 s side by side: 4 units in ~0.1 s of busy time, not in 0.4 s."""
     meter = BusyRate()
-
-    def job() -> None:
-        meter.start()
-        time.sleep(0.1)
-        meter.finish(1)
-
-    threads = [threading.Thread(target=job) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_jobs(meter, threads=4, jobs=1, seconds=0.1)
     assert meter.rate is not None and meter.rate > 20  # one at a time would give ~10/s
 
 
@@ -35,18 +41,7 @@ def test_busy_rate_measures_many_short_parallel_jobs() -> None:
     """400 jobs of 2 ms on 4 threads (a fast disk's 6 MB writes): a measured rate, near 4
     units per 2 ms of busy time, where a per-job weight never reached 50 ms of busy time."""
     meter = BusyRate()
-
-    def jobs() -> None:
-        for _ in range(100):
-            meter.start()
-            time.sleep(0.002)
-            meter.finish(1)
-
-    threads = [threading.Thread(target=jobs) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_jobs(meter, threads=4, jobs=100, seconds=0.002)
     # At most 2000/s (4 side by side, each >= 2 ms); one at a time would give <= 500/s.
     assert meter.rate is not None and 500 < meter.rate <= 2000, meter.rate
 
