@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 
 from kvpanel.cache.keys import ChunkKey
-from kvpanel.cache.load_planner import BusyRate
+from kvpanel.cache.rates import BusyRate
 
 Progress = Callable[[int], None]  # bytes still to write
 
@@ -165,7 +165,8 @@ class WriteBehind:
                 lane.enqueue(keys)
 
     def write_rate(self, target_name: str) -> float | None:
-        """Bytes per second while writing to that tier (recent writes), None before any."""
+        """Bytes per second while writing to that tier (recent writes); None until enough
+        writing was timed (BusyRate)."""
         lane = next((x for x in self._lanes if x.target.name == target_name), None)
         return None if lane is None else lane.rate.rate
 
