@@ -73,6 +73,24 @@ install_lmcache() {
   python -c "import lmcache, importlib.metadata as m; print('lmcache', m.version('lmcache'))" | tee -a "$OUT/device.txt"
 }
 
+dd_rate() {  # $1: write|read -> GB/s of 4 parallel 1 GiB O_DIRECT streams; 0 on failure
+  local t0 t1 i pids=() bad=0
+  t0=$(date +%s.%N)
+  for i in 0 1 2 3; do
+    if [ "$1" = write ]; then
+      dd if=/dev/zero of="$DISK/dd$i" bs=16M count=64 oflag=direct status=none &
+    else
+      dd if="$DISK/dd$i" of=/dev/null bs=16M iflag=direct status=none &
+    fi
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i" || bad=1; done
+  t1=$(date +%s.%N)
+  for i in 0 1 2 3; do [ "$(stat -c %s "$DISK/dd$i" 2>/dev/null)" = 1073741824 ] || bad=1; done
+  if [ "$bad" = 1 ]; then echo "dd $1 failed on $DISK" >&2; echo 0; return; fi
+  python -c "print(f'{4 * 2**30 / ($t1 - $t0) / 1e9:.2f}')"
+}
+
 case "${1:-check}" in
   ktests)
     python -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel-tests.txt" | tail -4
@@ -116,56 +134,27 @@ for k in ("first", "second"):
         print(k, "tiers", json.dumps(r[k]["rounds"][-1]["tiers"]["cpu"]), json.dumps(r[k]["rounds"][-1]["tiers"]["disk"]))
 PY
     ;;
-  disk20b)
-    DISK=${DISK_PATH:-/var/tmp/kvpanel-restart-disk}
-    rm -rf "${DISK:?}" && mkdir -p "$DISK" || exit 1
-    case "$(stat -f -c %T "$DISK")" in tmpfs|ramfs) echo "DISK_PATH $DISK is memory" >&2; exit 1 ;; esac
-    dd_rate() {  # $1: write|read -> GB/s of 4 parallel 1 GiB O_DIRECT streams; 0 on failure
-      local t0 t1 i pids=() bad=0
-      t0=$(date +%s.%N)
-      for i in 0 1 2 3; do
-        if [ "$1" = write ]; then
-          dd if=/dev/zero of="$DISK/dd$i" bs=16M count=64 oflag=direct status=none &
-        else
-          dd if="$DISK/dd$i" of=/dev/null bs=16M iflag=direct status=none &
-        fi
-        pids+=($!)
-      done
-      for i in "${pids[@]}"; do wait "$i" || bad=1; done
-      t1=$(date +%s.%N)
-      for i in 0 1 2 3; do [ "$(stat -c %s "$DISK/dd$i" 2>/dev/null)" = 1073741824 ] || bad=1; done
-      if [ "$bad" = 1 ]; then echo "dd $1 failed on $DISK" >&2; echo 0; return; fi
-      python -c "print(f'{4 * 2**30 / ($t1 - $t0) / 1e9:.2f}')"
-    }
-    DD_W=$(dd_rate write); DD_R=$(dd_rate read); rm -f "$DISK"/dd?
-    echo "dd on $DISK: 4 x 1 GiB O_DIRECT: write $DD_W GB/s, read $DD_R GB/s" | tee -a "$OUT/device.txt"
-    NAME="disk20b${TAG:+-$TAG}"
-    [ "${TRACE:-0}" = 1 ] && export KVPANEL_TRACE="$OUT/serve-trace-$NAME.log"
-    python -m kvpanel.cli bench long-doc-qa --compare "${MODES:-kvpanel-cpu,kvpanel}" \
-      --model "$GPT_OSS_20B" --num-documents 20 --document-length 20000 --output-len 50 \
-      --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
-      --completions --cpu-cache-gb 40 --kv-cache-memory 4294967296 \
-      --engine-args "--load-format dummy --max-model-len 32768 ${ENGINE_EXTRA:-}" \
-      --disk-path "$DISK" --disk-cache-gb 40 \
-      --no-progress ${BENCH_EXTRA:-} --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -12
-    rm -rf "${DISK:?}"
-    python benchmarks/gpu/disk_summary.py "$OUT/$NAME.json" "$DD_W" | tee -a "$OUT/$NAME.txt"
-    (cd "$OUT" && ls serve-*.log >/dev/null 2>&1 && tar czf "serve-logs-$NAME.tgz" serve-*.log && rm -f serve-*.log)
-    rm -f "$OUT"/*.png
-    ;;
-  compare20b|compare120b|restart20b|restart120b)
+  compare20b|compare120b|restart20b|restart120b|disk20b)
     case "$1" in *120b) M=$GPT_OSS_120B; KV=8589934592 ;; *) M=$GPT_OSS_20B; KV=4294967296 ;; esac
-    RESTART_ARGS=()
-    if [ "${1#restart}" != "$1" ]; then
-      MODES=${MODES:-vanilla,native,kvpanel}
+    DISK_ARGS=()
+    DISK=
+    if [ "${1#restart}" != "$1" ] || [ "$1" = disk20b ]; then
       DISK=${DISK_PATH:-/var/tmp/kvpanel-restart-disk}
       rm -rf "${DISK:?}" && mkdir -p "$DISK" || exit 1
       FS=$(stat -f -c %T "$DISK")
       case "$FS" in tmpfs|ramfs) echo "DISK_PATH $DISK is on $FS (memory), not a disk" >&2; exit 1 ;; esac
       echo "disk tier: $DISK on $FS" | tee -a "$OUT/device.txt"
       df -h "$DISK" | tee -a "$OUT/device.txt"
-      RESTART_ARGS=(--disk-path "$DISK" --disk-cache-gb 40 --restart-before-query)
-      [ "${DROP_PAGE_CACHE:-1}" = 1 ] && RESTART_ARGS+=(--drop-page-cache)
+      DISK_ARGS=(--disk-path "$DISK" --disk-cache-gb 40)
+    fi
+    if [ "${1#restart}" != "$1" ]; then
+      MODES=${MODES:-vanilla,native,kvpanel}
+      DISK_ARGS+=(--restart-before-query)
+      [ "${DROP_PAGE_CACHE:-1}" = 1 ] && DISK_ARGS+=(--drop-page-cache)
+    elif [ "$1" = disk20b ]; then
+      MODES=${MODES:-kvpanel-cpu,kvpanel}
+      DD_W=$(dd_rate write); DD_R=$(dd_rate read); rm -f "$DISK"/dd?
+      echo "dd on $DISK: 4 x 1 GiB O_DIRECT: write $DD_W GB/s, read $DD_R GB/s" | tee -a "$OUT/device.txt"
     fi
     MODES=${MODES:-vanilla,native,lmcache,kvpanel}
     case ",$MODES," in *,lmcache,*) install_lmcache || exit 1 ;; esac
@@ -180,9 +169,12 @@ PY
       --repeat-count 1 --repeat-mode random --shuffle-seed 0 --max-inflight-requests 20 \
       --completions --cpu-cache-gb 40 --kv-cache-memory "$KV" --query-rounds "${QUERY_ROUNDS:-1}" \
       --engine-args "--load-format dummy --max-model-len 32768 $EXTRA" \
-      ${RESTART_ARGS[@]+"${RESTART_ARGS[@]}"} \
+      ${DISK_ARGS[@]+"${DISK_ARGS[@]}"} \
       --no-progress ${BENCH_EXTRA:-} --output "$OUT/$NAME.json" 2>&1 | tee "$OUT/$NAME.txt" | tail -40
-    [ "${1#restart}" != "$1" ] && rm -rf "${DISK:?}"  # up to 40 GiB of the machine's disk
+    [ -n "$DISK" ] && rm -rf "${DISK:?}"  # up to 40 GiB of the machine's disk
+    if [ "$1" = disk20b ]; then
+      python benchmarks/gpu/disk_summary.py "$OUT/$NAME.json" "$DD_W" | tee -a "$OUT/$NAME.txt"
+    fi
     # Where each mode's start-up went (vLLM's own timing lines).
     grep -hE "took|takes|finished in|KV cache size|Maximum concurrency|pinned" \
       "$OUT"/serve-*.log 2>/dev/null | cut -c1-220 | head -40 \
