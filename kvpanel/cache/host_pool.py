@@ -222,6 +222,24 @@ class SharedSegments:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            shutil.rmtree(self.directory, ignore_errors=True)
+            _remove_pool(self.directory)
             os.close(self._lock_fd)
             os.close(self._dir_fd)
+
+
+def _remove_pool(directory: Path) -> None:
+    # A worker's report timer may write into the pool while it is removed (rmtree would then
+    # fail on a non-empty directory and leave it): the pool is first renamed away, so no new
+    # file appears under its name, and a write that began before the rename is swept by the
+    # retry. A leftover ".closing" pool has no lock and goes with the next engine's sweep.
+    gone = directory.with_name(directory.name + ".closing")
+    try:
+        os.rename(directory, gone)
+    except OSError:
+        gone = directory
+    for _ in range(20):
+        shutil.rmtree(gone, ignore_errors=True)
+        if not os.path.lexists(gone):
+            return
+        time.sleep(0.05)
+    log.warning("kvpanel: could not remove the host pool %s", gone)

@@ -332,3 +332,55 @@ def test_a_store_that_fails_to_start_leaves_no_pool(tmp_path, monkeypatch):
     with pytest.raises(MemoryError):
         TieredStore(fp, cpu_bytes=4 * fp.chunk_bytes, host_pool=pool)
     assert not pool.exists()
+
+
+def test_a_report_written_while_the_pool_closes_does_not_leave_it(tmp_path, monkeypatch):
+    # The CI flake this pins down: a worker's report timer wrote into the pool while the engine
+    # removed it; rmtree then met a non-empty directory and left the pool in /dev/shm.
+    from kvpanel.cache import host_pool
+
+    real_rmtree = host_pool.shutil.rmtree
+
+    pool = tmp_path / "kvpanel-pool-x"
+    segments = SharedSegments(pool, SLOT, 4)
+    segments.allocate(0, SEG)
+    calls: list[Path] = []
+
+    def rmtree_meeting_a_late_write(path, ignore_errors=False):
+        calls.append(Path(path))
+        if len(calls) == 1:  # a report lands after the listing: the directory is not removed
+            real_rmtree(path, ignore_errors=True)
+            Path(path).mkdir()
+            (Path(path) / "rank-1.json").write_text("{}")
+            return
+        real_rmtree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(host_pool.shutil, "rmtree", rmtree_meeting_a_late_write)
+    segments.close()
+    assert len(calls) == 2
+    assert not list(tmp_path.iterdir())
+    # A report after the close finds no pool under its name and makes none.
+    host_pool.write_rank_report(pool, 0, {"engine_kv_bytes": 1})
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_pool_closed_under_a_stream_of_reports_is_gone(tmp_path):
+    import threading
+
+    from kvpanel.cache import host_pool
+
+    pool = tmp_path / "kvpanel-pool-y"
+    segments = SharedSegments(pool, SLOT, 4)
+    stop = threading.Event()
+
+    def reports() -> None:
+        while not stop.is_set():
+            host_pool.write_rank_report(pool, 1, {"engine_kv_bytes": 1})
+
+    writer = threading.Thread(target=reports)
+    writer.start()
+    time.sleep(0.05)
+    segments.close()
+    stop.set()
+    writer.join()
+    assert not list(tmp_path.iterdir())
