@@ -51,6 +51,8 @@ def fingerprint_for(
         # not read the weights once more per rank to name them.
         weights = f"rank-{config.parallel.rank}-worker:{name}"
     elif settings.disk_path or settings.remote_url:
+        # Under TP the scheduler and the rank-0 worker both get here at once: weights_digest
+        # lets one of them read the weights while the other waits for its cached digests.
         weights = model_identity.weights_identity(name, revision, download_dir)
     else:
         # The CPU tier lives and dies with this process and its loaded weights: no need to

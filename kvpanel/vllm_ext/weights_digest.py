@@ -5,6 +5,10 @@ byte a loader may read. Reading 60 GB at every start is not acceptable either, s
 SHA-256 is remembered in a small JSON file, keyed by the file's resolved path and its
 (size, mtime_ns, inode, ctime_ns): any rewrite changes at least ctime, which no user can set back.
 
+Processes that start together (vLLM's scheduler and its rank-0 worker under tensor parallelism,
+two replicas on one host) hash one after the other under an ``flock`` beside the JSON file: the
+second finds the first's digests there instead of reading the weights once more.
+
 Primitives:
     model_digest(path)   - hex digest of a file or of a directory tree's content
     DigestCache          - the JSON digest cache (a corrupt or unwritable file means re-hashing)
@@ -16,6 +20,7 @@ Imports no vLLM.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -104,6 +109,28 @@ class DigestCache:
         self._lock = threading.Lock()
         self._entries: dict[str, Any] = self._load()
         self._dirty = False
+
+    def reload(self) -> None:
+        """Take in what another process wrote since (its entries win only where ours are none)."""
+        with self._lock:
+            self._entries = {**self._load(), **self._entries}
+
+    @contextlib.contextmanager
+    def hashing(self) -> Iterator[None]:
+        """Held while this process reads weight files: another process hashing the same cache
+        waits, then finds the digests. Without a writable cache directory there is no lock,
+        only the cost of hashing twice."""
+        fd = -1
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)  # releases the lock
 
     def _load(self) -> dict[str, Any]:
         try:
@@ -211,6 +238,27 @@ def model_digest(
         return digest
 
     to_read = [e for e in entries if cache.get(e[1], e[2]) is None]
+    if not to_read:
+        return _total(entries, [str(cache.get(e[1], e[2])) for e in entries])
+    with cache.hashing():
+        cache.reload()  # another process may have hashed these while this one waited
+        return _total(entries, _hash_all(root, entries, cache, digest_of))
+
+
+def _total(entries: list[tuple[str, str, os.stat_result]], digests: list[str]) -> str:
+    total = hashlib.sha256()
+    for (rel, _, st), digest in zip(entries, digests, strict=True):
+        total.update(f"{rel}\0{st.st_size}\0{digest}\n".encode())
+    return total.hexdigest()
+
+
+def _hash_all(
+    root: Path,
+    entries: list[tuple[str, str, os.stat_result]],
+    cache: DigestCache,
+    digest_of: Callable[[tuple[str, str, os.stat_result]], str],
+) -> list[str]:
+    to_read = [e for e in entries if cache.get(e[1], e[2]) is None]
     if to_read:
         log.info(
             "kvpanel: hashing %d model file(s), %.1f MiB, once (the digest is cached in %s; "
@@ -233,7 +281,4 @@ def model_digest(
             cache.path,
         )
         cache.save()
-    total = hashlib.sha256()
-    for (rel, _, st), digest in zip(entries, digests, strict=True):
-        total.update(f"{rel}\0{st.st_size}\0{digest}\n".encode())
-    return total.hexdigest()
+    return digests
