@@ -249,16 +249,20 @@ class CpuTier:
     # ----- load path --------------------------------------------------------------------------
 
     def acquire(self, keys: Sequence[ChunkKey]) -> list[int]:
-        """Pin READY entries for reading; all or nothing (KeyError names the first missing)."""
+        """Pin READY entries for reading; all or nothing (KeyError names the first missing).
+        A doomed entry that is still pinned (held since its lookup) is read too: its slot is
+        not reused before its last unpin."""
         with self._lock:
             for key in keys:
-                if self._visible_ready(key) is None:
+                entry = self._entries.get(key)
+                if entry is None or entry.state is not ChunkState.READY:
                     raise KeyError(key.hex())
             slots = []
             for key in keys:
                 entry = self._entries[key]
                 entry.pins += 1
-                self._lru.touch(key)
+                if not entry.doomed:
+                    self._lru.touch(key)
                 slots.append(entry.slot)
         self._counters.add(bytes_out=len(slots) * self._slot_bytes)
         return slots

@@ -25,6 +25,7 @@ Primitives:
     PrivateSegments(pin)    - torch.empty in this process (TP=1)
     SharedSegments(dir, slot_bytes, slots_per_segment) - files the workers map (TP>1)
     pool_directory(engine_id); segment_slots(slot_bytes); remove_stale_pools(root)
+    remove_pools_after_stop(before, engine_alive) - a force-killed engine's pool, once it is dead
     open_private_dir(path) -> fd; map_segment(dir_fd, name, create_bytes=0) -> tensor
     write_rank_report / read_rank_reports - what each worker tells the scheduler's store (its
                               engine KV bytes, its copy totals): small JSON files in the pool
@@ -43,6 +44,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -159,7 +161,33 @@ def _remove_if_dead(path: Path) -> bool:
 
 def remove_stale_pools(root: Path = SHM_ROOT) -> list[Path]:
     """Remove this user's pool directories whose engine is gone (killed with SIGKILL)."""
-    return [p for p in sorted(root.glob("kvpanel-pool-*")) if _remove_if_dead(p)]
+    return [p for p in sorted(pool_dirs(root)) if _remove_if_dead(p)]
+
+
+def pool_dirs(root: Path = SHM_ROOT) -> set[Path]:
+    return set(root.glob("kvpanel-pool-*"))
+
+
+def remove_pools_after_stop(
+    before: set[Path],
+    engine_alive: Callable[[], bool],
+    timeout_s: float = 10.0,
+    root: Path = SHM_ROOT,
+) -> list[Path]:
+    """Remove the pools that appeared since ``before`` once their engine has died.
+
+    vLLM force-kills an engine core whose workers are slow to exit, before its store removes
+    the pool, and does not wait for the kill: the pool's lock frees a moment later. A pool
+    still locked once ``engine_alive()`` is false belongs to another engine and stays.
+    """
+    removed: list[Path] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = engine_alive()  # sampled before the sweep, so a just-dead engine's pool goes
+        removed += remove_stale_pools(root)
+        if not pool_dirs(root) - before or not alive or time.monotonic() >= deadline:
+            return removed
+        time.sleep(0.1)
 
 
 def write_rank_report(directory: Path, rank: int, report: dict[str, object]) -> None:

@@ -45,6 +45,7 @@ from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.host_pool import SharedSegments, segment_slots
 from kvpanel.cache.keys import ChunkKey, Fingerprint
 from kvpanel.cache.load_planner import LoadPlanner, RequestPlan
+from kvpanel.cache.lookup_holds import LookupHolds
 from kvpanel.cache.promoter import Promotion, PromotionPool
 from kvpanel.cache.remote_fetch import BatchFetcher, fetch_into_cpu
 from kvpanel.cache.secret import CacheSecret
@@ -143,6 +144,7 @@ class TieredStore:
             if memory is not None:
                 memory.close()
             raise
+        self.holds = LookupHolds(self.cpu)
         targets: list[tuple[WriteTarget, int]] = []
         if self.disk is not None:
             targets.append((self.disk, disk_writers))
@@ -176,6 +178,7 @@ class TieredStore:
         count: bool = True,
         plan: RequestPlan | None = None,
         position: int = 0,
+        hold: bool = False,
     ) -> LookupState:
         """HIT (in CPU), PENDING (being promoted from disk/Redis), or MISS. ``count=False``:
         answer without counting, for a caller that asks again about the same request.
@@ -183,14 +186,15 @@ class TieredStore:
         ``plan``, ``position``: the request's load-or-recompute decisions (the same object on
         every call for one request) and the chunk's index in its prompt: a chunk held in a tier
         at or past the position where the planner turned that tier down for this request is a
-        MISS (``skipped_slow``). Without a plan every held chunk is offered."""
+        MISS (``skipped_slow``). Without a plan every held chunk is offered. ``hold``: pin a
+        CPU hit until ``holds.release_all()`` (the scheduler's step end; ``lookup_holds``)."""
         with self._lock:
             self._give_up_overdue()
             if key in self._given_up:
                 return LookupState.MISS
             if key in self._pending:
                 return LookupState.PENDING  # counted when the promotion started
-            if self.cpu.lookup(key, count):
+            if self.cpu.lookup(key, count) and (not hold or self.holds.hold(key)):
                 return LookupState.HIT
             if self._closed:
                 return LookupState.MISS

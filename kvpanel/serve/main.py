@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvpanel.cache.host_pool import remove_stale_pools
+from kvpanel.cache.host_pool import pool_dirs, remove_pools_after_stop, remove_stale_pools
 from kvpanel.redact import display_url
 from kvpanel.serve.auth import ensure_token
 from kvpanel.serve.engine_controls import EngineControls
@@ -260,6 +261,7 @@ def serve_main(argv: list[str]) -> int:
     assert model is not None
     opts = replace(opts, vllm_args=[*vllm_extra, *opts.vllm_args])
     sock: ControlSocket | None = None
+    pools_before: set[Path] = set()
     try:
         kv_config, opts = _kv_config(opts)  # validates before the state dir is created
         token, token_file = ensure_token(opts.state_dir, opts.token)
@@ -269,6 +271,7 @@ def serve_main(argv: list[str]) -> int:
             # TP host pools left in /dev/shm by engines that were killed (their lock is free).
             for gone in remove_stale_pools():
                 log.info("kvpanel: removed %s (its engine is gone)", gone)
+            pools_before = pool_dirs()
     except (ConfigError, OSError) as e:
         print(f"kvpanel serve: error: {e}", file=sys.stderr)
         if sock is not None:
@@ -279,6 +282,22 @@ def serve_main(argv: list[str]) -> int:
     finally:
         if sock is not None:
             sock.remove()  # the engine is gone by now (clean exit, signal or failed start)
+        if kv_config is not None:
+            # vLLM force-kills an engine core whose TP workers take over 5 s to exit, before
+            # its store removes the host pool (the tiers were flushed through the control
+            # socket already).
+            for gone in remove_pools_after_stop(pools_before, _engine_alive):
+                log.info("kvpanel: removed %s (its engine was force-stopped)", gone)
+
+
+def _engine_alive() -> bool:
+    import psutil  # vLLM's dependency
+
+    try:
+        children = psutil.Process().children(recursive=True)
+        return any(c.status() != psutil.STATUS_ZOMBIE for c in children)
+    except psutil.Error:
+        return False
 
 
 def _serve(

@@ -147,7 +147,9 @@ class KvpanelManager(OffloadingManager):
         # vLLM asks a request's chunks in prompt order (the first KV group's scan comes first),
         # so the order of first asking is the prompt position, shared by every group.
         position = info.positions.setdefault(_position(key), len(info.positions))
-        state = self.store.lookup(ck, count=ck not in info.seen, plan=info.plan, position=position)
+        state = self.store.lookup(
+            ck, count=ck not in info.seen, plan=info.plan, position=position, hold=True
+        )
         if state is not LookupState.PENDING:  # a promoted chunk counts once more, as a CPU hit
             info.seen.add(ck)
         if state is LookupState.PENDING and ck not in info.promoted:
@@ -249,6 +251,8 @@ class KvpanelManager(OffloadingManager):
         return RequestOffloadingContext()
 
     def on_schedule_end(self, context: ScheduleEndContext) -> None:
+        # This step's prepare_load calls are done: its hits are pinned by their loads now.
+        self.store.holds.release_all()
         # A request scheduled without a lookup (vLLM asks only about prompts with a whole chunk
         # beyond its GPU prefix hit) is out of the queue too, not counted until it finishes.
         for req_id in context.new_req_ids:

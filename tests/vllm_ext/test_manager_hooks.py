@@ -25,6 +25,13 @@ def store_chunks(manager: KvpanelManager, keys: list[bytes], req: str = "w") -> 
     manager.complete_store(out.keys_to_store, ctx)
 
 
+def end_step(manager: KvpanelManager) -> None:
+    """What vLLM's scheduler does after each schedule(): this step's lookup holds go."""
+    from kvpanel.vllm_ext.compat import ScheduleEndContext
+
+    manager.on_schedule_end(ScheduleEndContext(new_req_ids=[], preempted_req_ids=[]))
+
+
 def test_live_requests_keep_their_state_until_finished() -> None:
     # More requests waiting at once than the old 1,024-request bound: none may lose its
     # state (its chunks would be counted again on every poll), and finishing drops it.
@@ -55,6 +62,7 @@ def test_kv_events_report_cpu_stores_and_removals_under_vllm_keys() -> None:
         ]
         assert list(manager.take_events()) == []  # taken once
         manager.lookup(b"k2", ReqContext(req_id="r"))  # k1 is now the LRU victim
+        end_step(manager)
         store_chunks(manager, [b"k3"])
         assert [(e.removed, list(e.keys)) for e in manager.take_events()] == [
             (True, [b"k1"]),
@@ -141,6 +149,7 @@ def test_chunks_in_flight_at_a_reset_free_their_slots_once_flushed() -> None:
         loading, storing = ReqContext(req_id="l"), ReqContext(req_id="s")
         assert manager.lookup(b"k1", loading) is LookupResult.HIT
         manager.prepare_load([b"k1"], loading)  # a load job in flight
+        end_step(manager)
         out = manager.prepare_store([b"k2", b"k3"], storing)  # a store job in flight
         assert out is not None and len(out.keys_to_store) == 2
         other = ReqContext(req_id="o")
@@ -191,3 +200,59 @@ def test_a_request_scheduled_without_a_lookup_leaves_the_queue() -> None:
         assert store.planner.snapshot()["engine_waiting_requests"] == 1
         manager.on_request_finished(ReqContext(req_id="short0"))  # finishing changes nothing now
         assert store.planner.snapshot()["engine_waiting_requests"] == 1
+
+
+def test_a_hit_cannot_vanish_before_its_load_in_the_same_step() -> None:
+    # Between vLLM's lookup and its prepare_load (one schedule() call) the panel may clear the
+    # CPU tier and a Redis fetch may evict for room: prepare_load must still get every chunk
+    # that hit (vLLM's scheduler does not expect it to fail), and the next step sees the clear.
+    from kvpanel.vllm_ext.compat import ScheduleEndContext
+
+    end = ScheduleEndContext(new_req_ids=[], preempted_req_ids=[])
+    with TieredStore(make_fp(), cpu_bytes=2 * CHUNK) as store:
+        manager = KvpanelManager(store, make_fp())
+        store_chunks(manager, [b"k1"])
+        ctx = ReqContext(req_id="r")
+        assert manager.lookup(b"k1", ctx) is LookupResult.HIT
+        store.clear("cpu")  # the panel, from its control thread
+        assert store.reserve([b"x" * 16, b"y" * 16]) is None  # k1 is held: no room for two
+        slots = manager.prepare_load([b"k1"], ctx).block_ids
+        manager.complete_load([b"k1"], ctx)
+        manager.on_schedule_end(end)
+        assert len(slots) == 1 and len(store.holds) == 0
+        assert manager.lookup(b"k1", ReqContext(req_id="next")) is LookupResult.MISS
+        assert store.reserve([b"x" * 16, b"y" * 16]) is not None  # its slot is free again
+
+
+def test_lookup_and_load_under_a_clearing_thread_never_fail() -> None:
+    from kvpanel.vllm_ext.compat import ScheduleEndContext
+
+    end = ScheduleEndContext(new_req_ids=[], preempted_req_ids=[])
+    with TieredStore(make_fp(), cpu_bytes=8 * CHUNK) as store:
+        manager = KvpanelManager(store, make_fp())
+        stop = threading.Event()
+
+        def panel() -> None:
+            while not stop.is_set():
+                store.clear("cpu")
+                time.sleep(0.0002)
+
+        clearer = threading.Thread(target=panel)
+        clearer.start()
+        loads = 0
+        try:
+            for i in range(3000):
+                ctx = ReqContext(req_id=f"r{i}")
+                if manager.lookup(b"k1", ctx) is LookupResult.MISS:
+                    store_chunks(manager, [b"k1"], req=f"w{i}")
+                else:
+                    manager.prepare_load([b"k1"], ctx)
+                    manager.complete_load([b"k1"], ctx)
+                    loads += 1
+                manager.on_schedule_end(end)
+                manager.on_request_finished(ctx)
+        finally:
+            stop.set()
+            clearer.join()
+        assert loads > 0
+        assert len(store.holds) == 0 and manager.pinned_for_jobs == 0
