@@ -272,6 +272,10 @@ def _scan_shard(fd: int, shard: str, fp_digest: bytes, payload_bytes: int, scan:
 
 # No live write takes this long; a temp file this old is abandoned even if its pid was reused.
 STALE_TMP_S = 600.0
+# A temp file younger than this is never removed, even if no process of its pid is seen here:
+# a replica in another container (its own pid namespace) on the same directory may be writing
+# it right now. A killed writer's file waits this long; it is never read (no chunk name).
+YOUNG_TMP_S = 120.0
 
 
 def _writer_alive(tmp_name: str) -> bool:
@@ -296,7 +300,7 @@ def _remove_if_abandoned(fd: int, entry: os.DirEntry[str]) -> None:
         age = time.time() - entry.stat(follow_symlinks=False).st_mtime
     except OSError:
         return
-    if age > STALE_TMP_S or not _writer_alive(entry.name):
+    if age > STALE_TMP_S or (age > YOUNG_TMP_S and not _writer_alive(entry.name)):
         with contextlib.suppress(OSError):
             os.unlink(entry.name, dir_fd=fd)  # its writer died mid-write
 

@@ -29,10 +29,20 @@ import threading
 _I64 = struct.Struct("<q")
 LOCK_NAME = ".lock"
 USAGE_NAME = ".usage"
+_USAGE_MAX = 1 << 62
 
 
 def _open_nofollow(dir_fd: int, name: str) -> int:
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = _open_link_free(dir_fd, name)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a planted FIFO, device or directory
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{name} in the disk cache dir is not a regular file")
+    return fd
+
+
+def _open_link_free(dir_fd: int, name: str) -> int:
+    # O_NONBLOCK: opening a planted FIFO must not wait for a writer.
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     try:
         return os.open(name, flags, 0o644, dir_fd=dir_fd)
     except OSError as e:
@@ -101,7 +111,9 @@ class SharedUsage:
             try:
                 raw = os.pread(self._fd, _I64.size, 0)
                 total = _I64.unpack(raw)[0] if len(raw) == _I64.size else 0
-                new = max(0, total + delta)
+                # Clamped: a hostile or torn value must not overflow the pack (the next
+                # reconcile counts the files again).
+                new = min(max(0, total + delta), _USAGE_MAX)
                 if delta:
                     os.pwrite(self._fd, _I64.pack(new), 0)
                 return new

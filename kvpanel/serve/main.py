@@ -37,7 +37,7 @@ from kvpanel.serve.options import ServeError, ServeOptions, parse_serve_args
 from kvpanel.serve.preflight import check_model_path
 from kvpanel.serve.startup import StartupPhases, StartupReporter, TtyProgress
 from kvpanel.serve.state_dir import ControlSocket, control_socket
-from kvpanel.serve.vllm_flags import dp_ranks
+from kvpanel.serve.vllm_flags import dp_ranks, flag_value
 from kvpanel.settings import ConfigError, cache_secret_from_env
 
 if TYPE_CHECKING:
@@ -333,7 +333,10 @@ def _serve(
     phases.mark("importing_vllm")
     from kvpanel.vllm_ext.compat import ensure_deterministic_block_hashes
 
-    ensure_deterministic_block_hashes()
+    ensure_deterministic_block_hashes(
+        flag_value(opts.vllm_args, "--prefix-caching-hash-algo", "--prefix_caching_hash_algo")
+        or "sha256"
+    )
 
     from kvpanel.vllm_ext.control import engine_socket_path
 

@@ -100,11 +100,32 @@ def is_cuda() -> bool:
     return bool(current_platform.is_cuda_alike())
 
 
-def ensure_deterministic_block_hashes() -> None:
+# vLLM's prefix-caching hashes that are not collision resistant: their NONE_HASH seed is what
+# keeps a tenant from forging a prompt whose block hashes equal another prompt's.
+WEAK_BLOCK_HASHES = frozenset({"xxhash", "xxhash_cbor"})
+_SEED_MARK = "KVPANEL_SET_PYTHONHASHSEED"
+
+
+def ensure_deterministic_block_hashes(hash_algo: str | None = "sha256") -> None:
     """vLLM 0.26 draws its NONE_HASH at random unless PYTHONHASHSEED is set, which would make
     block hashes (and so kvpanel's disk keys) differ after every restart. Set it for the engine
-    processes started after this call. 0.32+ derives NONE_HASH from a fixed seed for sha256."""
-    os.environ.setdefault("PYTHONHASHSEED", "0")
+    processes started after this call. 0.32+ derives NONE_HASH from a fixed seed for sha256.
+
+    Never for a weak hash (``--prefix-caching-hash-algo xxhash``): a public seed would let a
+    tenant forge collisions; vLLM then draws the seed at random and kvpanel keeps the disk and
+    Redis tiers off (``weak_block_hashes``) unless the operator set PYTHONHASHSEED."""
+    if hash_algo in WEAK_BLOCK_HASHES or "PYTHONHASHSEED" in os.environ:
+        return
+    os.environ["PYTHONHASHSEED"] = "0"
+    os.environ[_SEED_MARK] = "1"  # inherited: the engine's spec knows the seed is not a secret
+
+
+def weak_block_hashes(hash_algo: str | None) -> bool:
+    """Block hashes a tenant could collide on purpose: a non-cryptographic hash whose seed is
+    not one the operator chose (unset, so random per process, or kvpanel's public 0)."""
+    if hash_algo not in WEAK_BLOCK_HASHES:
+        return False
+    return "PYTHONHASHSEED" not in os.environ or os.environ.get(_SEED_MARK) == "1"
 
 
 def server_api() -> tuple[Any, Any, Any]:

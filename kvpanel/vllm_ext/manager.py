@@ -21,9 +21,10 @@ transfer); ``take_events`` reports the CPU tier under vLLM's keys (``kv_events``
 
 from __future__ import annotations
 
+import os
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvpanel.cache.keys import ChunkKey, Fingerprint, chunk_key
 from kvpanel.cache.load_planner import RequestPlan
@@ -93,6 +94,9 @@ class KvpanelManager(OffloadingManager):
     ):
         self.store = store
         self.fingerprint = fingerprint
+        # What chunk keys are derived from: the fingerprint, and after a reset_cache a fresh
+        # epoch (see reset_cache). Disk and Redis still check chunks against the fingerprint.
+        self._key_space = fingerprint
         self.engine_id = engine_id
         self._planner = store.planner
         self._requests: OrderedDict[str, _Request] = OrderedDict()
@@ -135,7 +139,7 @@ class KvpanelManager(OffloadingManager):
         if ck is None:
             if len(self._key_cache) >= _KEY_CACHE:
                 self._key_cache.clear()
-            ck = self._key_cache[key] = chunk_key(self.fingerprint, key)
+            ck = self._key_cache[key] = chunk_key(self._key_space, key)
         return ck
 
     def _keys(self, keys: Iterable[OffloadKey]) -> list[ChunkKey]:
@@ -263,6 +267,17 @@ class KvpanelManager(OffloadingManager):
         return self.store.has_pending()
 
     def reset_cache(self) -> None:
+        """vLLM's reset_prefix_cache(reset_connector=True): what pause_generation(clear_cache=
+        True) does around an in-place weight update. The fingerprint was taken from the weight
+        files at start and cannot see new weights in memory, so from now on this engine keys
+        its chunks in a fresh random epoch: the disk and Redis chunks made before (by this
+        engine or by replicas on the old weights) are never looked up again, and the ones made
+        after are never found by an engine that loads the weight files (a restart, a replica).
+        The CPU tier is private to this engine and is cleared."""
+        self._key_space = replace(
+            self.fingerprint, extra=f"{self.fingerprint.extra}|reset:{os.urandom(16).hex()}"
+        )
+        self._key_cache.clear()
         self.store.clear("cpu")
         loading = list(self._loading.elements())
         if self._storing or loading:

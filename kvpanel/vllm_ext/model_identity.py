@@ -116,6 +116,7 @@ def shared_tiers_policy(
     lora: bool,
     name: str,
     revision: str | None,
+    weak_hashes: bool = False,
 ) -> CacheSettings:
     """The settings to run with: refuse or drop the shared tiers where a key could lie.
 
@@ -134,6 +135,9 @@ def shared_tiers_policy(
       digested at start either. The disk and Redis tiers are therefore switched off for the
       whole engine (with a warning) and only the CPU tier serves: a chunk then never outlives the
       process that computed it.
+    - ``weak_hashes`` (``--prefix-caching-hash-algo xxhash``, its seed not the operator's): a
+      tenant who can find xxhash collisions could store KV under another prompt's block hashes,
+      and disk and Redis would keep serving it to everyone; off, as for LoRA.
     """
     shared = bool(settings.disk_path or settings.remote_url)
     if not shared:
@@ -149,6 +153,14 @@ def shared_tiers_policy(
         log.warning(
             "kvpanel: LoRA is enabled: adapter content cannot be verified, so the disk and Redis "
             "tiers are off for this engine (CPU tier only)"
+        )
+        return replace(settings, disk_path=None, disk_bytes=0, remote_url=None)
+    if weak_hashes:
+        log.warning(
+            "kvpanel: vLLM's prefix-caching hash is not collision resistant (xxhash) and its "
+            "seed is not one you chose, so forged prompts could plant KV in shared tiers: the "
+            "disk and Redis tiers are off for this engine (CPU tier only). Use sha256 (vLLM's "
+            "default), or set PYTHONHASHSEED to a secret shared by your trusted servers"
         )
         return replace(settings, disk_path=None, disk_bytes=0, remote_url=None)
     return settings

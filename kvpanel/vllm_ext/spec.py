@@ -127,11 +127,13 @@ class KvpanelOffloadingSpec(OffloadingSpec):
     def __init__(self, config: OffloadingConfig):
         super().__init__(config)
         compat.check_supported()
-        # Before vLLM 0.26's engine core draws its NONE_HASH (after the worker, which builds
-        # this spec first): block hashes, and so disk/Redis keys, must survive restarts.
-        compat.ensure_deterministic_block_hashes()
         settings = CacheSettings.from_extra_config(self.extra_config)
         vllm_config = compat.engine_vllm_config(config)
+        cache_config = getattr(vllm_config, "cache_config", None)
+        hash_algo = getattr(cache_config, "prefix_caching_hash_algo", "sha256")
+        # Before vLLM 0.26's engine core draws its NONE_HASH (after the worker, which builds
+        # this spec first): block hashes, and so disk/Redis keys, must survive restarts.
+        compat.ensure_deterministic_block_hashes(hash_algo)
         check_parallelism(config, vllm_config)
         self.fingerprint, weights = fingerprint_for(config, settings, vllm_config)
         self.settings = model_identity.shared_tiers_policy(
@@ -139,6 +141,7 @@ class KvpanelOffloadingSpec(OffloadingSpec):
             weights,
             engine_known=vllm_config is not None,
             lora=getattr(vllm_config, "lora_config", None) is not None,
+            weak_hashes=compat.weak_block_hashes(hash_algo),
             name=config.model.name,
             revision=getattr(getattr(vllm_config, "model_config", None), "revision", None),
         )

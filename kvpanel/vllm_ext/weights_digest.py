@@ -223,7 +223,10 @@ def model_digest(
     entries: list[tuple[str, str, os.stat_result]] = []
     for rel, p in _files(root):
         resolved = str(p.resolve())
-        entries.append((rel, resolved, os.stat(resolved)))
+        try:
+            entries.append((rel, resolved, os.stat(resolved)))
+        except FileNotFoundError:  # a dangling link: no loader can read it either
+            log.info("kvpanel: %s in %s is a link to nothing; not part of the digest", rel, root)
 
     def digest_of(item: tuple[str, str, os.stat_result]) -> str:
         _, resolved, st = item

@@ -181,3 +181,42 @@ def test_unreadable_shard_folder_is_skipped(
     monkeypatch.setattr(os, "listdir", listdir)
     with opened(tmp_path, fp) as t:
         assert t.keys() == [key(2)] and t.stats().errors == 1
+
+
+# ----- the shared bookkeeping files ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [".usage", ".lock"])
+def test_a_fifo_at_a_bookkeeping_file_is_a_clear_error_not_a_hang(
+    tmp_path: Path, fp: Fingerprint, name: str
+) -> None:
+    from kvpanel.cache.disk_tier import DiskTier, DiskTierError
+
+    DiskTier(tmp_path, fp, DISK_BYTES).close()  # a previous run made the directory
+    (fp_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    (fp_dir / name).unlink()
+    os.mkfifo(fp_dir / name)
+    with pytest.raises(DiskTierError, match="not a regular file"):
+        DiskTier(tmp_path, fp, DISK_BYTES)
+
+
+def test_an_absurd_shared_usage_figure_never_stops_the_writes(
+    tmp_path: Path, fp: Fingerprint
+) -> None:
+    # Another process (or a torn write) puts the largest 64-bit value in .usage while chunks
+    # are written: adding to it must not raise out of put and leak the reservation.
+    import struct
+
+    from kvpanel.cache.disk_tier import DiskTier
+
+    t = DiskTier(tmp_path, fp, DISK_BYTES)
+    try:
+        usage = t.dir / ".usage"
+        for i in range(3):
+            usage.write_bytes(struct.pack("<q", 2**63 - 1))
+            t.put(key(i), data(i))  # the dir looks full: refused or written, never raised
+        usage.write_bytes(struct.pack("<q", 0))
+        assert t.put(key(9), data(9)) and t.get(key(9)) == data(9)
+        assert t.accepts()
+    finally:
+        t.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 from conftest import key, payload
 from replica_worker import FILE_BYTES, expected, shard_key
 
+from kvpanel.cache import disk_dirs
 from kvpanel.cache import disk_format as fmt
 from kvpanel.cache.disk_tier import DiskTier
 from kvpanel.cache.keys import Fingerprint
@@ -131,6 +132,14 @@ def test_two_processes_share_the_cap_and_never_read_a_torn_file(
         fresh.close()
 
 
+def age_temps(shard: Path) -> None:
+    """Make the temp files in ``shard`` older than disk_dirs.YOUNG_TMP_S."""
+    old = time.time() - disk_dirs.YOUNG_TMP_S - 60
+    for name in os.listdir(shard):
+        if fmt.TMP_MARKER in name:
+            os.utime(shard / name, (old, old))
+
+
 def test_process_killed_mid_write_leaves_no_served_partial_file(
     tmp_path: Path, fp: Fingerprint
 ) -> None:
@@ -154,7 +163,13 @@ def test_process_killed_mid_write_leaves_no_served_partial_file(
         # Meanwhile the other tier keeps writing and reading.
         assert live.put(shard_key(2), expected(2)) and live.get(shard_key(2)) == expected(2)
         assert not live.contains(shard_key(1)) and live.get(shard_key(1)) is None
-        # The next scan removes the dead writer's temp file, keeps the live one's.
+        # A young temp file of a pid not seen here is kept: it may be a replica's in another
+        # container (its own pid namespace) writing right now.
+        DiskTier(tmp_path, fp, 10 * FILE_BYTES).close()
+        assert any(f"{fmt.TMP_MARKER}{proc.pid}." in n for n in os.listdir(shard))
+        # Once older than any live write, the next scan removes the dead writer's temp file
+        # and keeps the live one's.
+        age_temps(shard)
         again = DiskTier(tmp_path, fp, 10 * FILE_BYTES)
         left = os.listdir(shard)
         assert not any(f"{fmt.TMP_MARKER}{proc.pid}." in n for n in left), left
@@ -185,6 +200,8 @@ def test_killed_writer_under_a_shared_cap(tmp_path: Path, fp: Fingerprint) -> No
     stats = result(survivor)
     print(f"\n{kills} kills; survivor: {stats}")
     assert stats["bad"] == 0 and stats["errors"] == 0 and stats["hits"] > 0
+    for shard in (p for p in Path(tmp_path).glob("*/*") if p.is_dir()):
+        age_temps(shard)  # the killed writers' temp files, past the young-file grace
     t = DiskTier(tmp_path, fp, cap * FILE_BYTES)  # a fresh index: scans and reconciles
     try:
         assert len(chunk_files(t)) <= cap

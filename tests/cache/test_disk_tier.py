@@ -53,6 +53,8 @@ def test_restart_rebuilds_index(tmp_path: Path, fp: Fingerprint) -> None:
     t.close()  # idempotent
     stale = path_of(t, 0).with_name("junk.kvc.tmp.123.abcd")
     stale.write_bytes(b"partial")
+    abandoned = time.time() - 3600  # older than any live write (disk_dirs.YOUNG_TMP_S)
+    os.utime(stale, (abandoned, abandoned))
     t2 = DiskTier(tmp_path, fp, 100 * FILE_BYTES)
     try:
         assert sorted(t2.keys()) == sorted(key(i) for i in range(5))

@@ -256,3 +256,32 @@ def test_lookup_and_load_under_a_clearing_thread_never_fail() -> None:
             clearer.join()
         assert loads > 0
         assert len(store.holds) == 0 and manager.pinned_for_jobs == 0
+
+
+def test_after_a_reset_old_disk_chunks_are_never_served_and_new_ones_stay_apart(
+    tmp_path: Path,
+) -> None:
+    # vLLM resets the connector (reset_connector=True) around an in-place weight update: the
+    # weight files, and so the fingerprint, did not change, but the KV did. A disk chunk made
+    # before must never be served after, and one made after never to an engine on the files.
+    fp = make_fp()
+    with TieredStore(fp, cpu_bytes=4 * CHUNK, disk_path=tmp_path, disk_bytes=64 * CHUNK) as store:
+        manager = KvpanelManager(store, fp)
+        store_chunks(manager, [b"old"])
+        assert store.flush(timeout=10)
+        manager.reset_cache()
+        end_step(manager)
+        ctx = ReqContext(req_id="after")
+        assert manager.lookup(b"old", ctx) is LookupResult.MISS  # on disk, under the old epoch
+        store_chunks(manager, [b"new"], req="after-w")
+        assert store.flush(timeout=10)
+        assert manager.lookup(b"new", ReqContext(req_id="x")) is LookupResult.HIT
+        end_step(manager)
+        assert store.stats()["disk"].chunks == 2
+    with TieredStore(fp, cpu_bytes=4 * CHUNK, disk_path=tmp_path, disk_bytes=64 * CHUNK) as store:
+        restarted = KvpanelManager(store, fp)  # a restart loads the weight files again
+        ctx = ReqContext(req_id="r")
+        assert restarted.lookup(b"new", ctx) is LookupResult.MISS
+        assert restarted.lookup(b"old", ctx) is LookupResult.HIT_PENDING
+        wait_for(lambda: restarted.lookup(b"old", ctx) is LookupResult.HIT)
+        end_step(restarted)

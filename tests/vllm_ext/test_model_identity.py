@@ -176,7 +176,7 @@ def engine_config(**changes: Any) -> SimpleNamespace:
     }
     cache = {"cache_dtype": "auto"}
     for key, value in changes.items():
-        (cache if key == "cache_dtype" else model)[key] = value
+        (cache if key in ("cache_dtype", "prefix_caching_hash_algo") else model)[key] = value
     return SimpleNamespace(
         model_config=SimpleNamespace(**model),
         cache_config=SimpleNamespace(**cache),
@@ -316,3 +316,32 @@ def test_serve_passes_model_id_through(tmp_path):
     opts = parse_serve_args(["org/m", "--model-id", "org/m@abc", "--disk-path", str(tmp_path)])
     assert opts.settings.model_id == "org/m@abc"
     assert "--model-id" not in opts.vllm_args
+
+
+@pytest.mark.parametrize("seed", ["unset", "kvpanel's", "the operator's"])
+def test_a_weak_block_hash_keeps_shared_tiers_off_unless_the_operator_chose_the_seed(
+    model_dir, tmp_path, monkeypatch, seed
+):
+    # xxhash block hashes can be collided on purpose by whoever knows the seed: with a random
+    # or public seed, disk and Redis would keep a forged prompt's KV for everyone.
+    from kvpanel.vllm_ext import compat
+
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    monkeypatch.delenv("KVPANEL_SET_PYTHONHASHSEED", raising=False)
+    compat.ensure_deterministic_block_hashes("xxhash")
+    assert "PYTHONHASHSEED" not in os.environ  # vLLM draws a random seed for xxhash
+    if seed == "kvpanel's":  # e.g. the flag came from a vLLM config file serve did not read
+        compat.ensure_deterministic_block_hashes("sha256")
+        assert os.environ["PYTHONHASHSEED"] == "0"
+    elif seed == "the operator's":
+        monkeypatch.setenv("PYTHONHASHSEED", "271828")
+    disk = CacheSettings(disk_path=str(tmp_path / "disk"), disk_bytes=MiB, remote_url="redis://h:1")
+    weak = build_spec(str(model_dir), disk, engine_config(prefix_caching_hash_algo="xxhash"))
+    strong = build_spec(str(model_dir), disk, engine_config(prefix_caching_hash_algo="sha256"))
+    assert strong.settings.disk_path == disk.disk_path
+    if seed == "the operator's":
+        assert weak.settings.disk_path == disk.disk_path
+        assert weak.settings.remote_url == disk.remote_url
+    else:
+        assert weak.settings.disk_path is None and weak.settings.remote_url is None
+        assert weak.settings.cpu_bytes == disk.cpu_bytes

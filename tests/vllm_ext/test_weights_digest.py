@@ -73,3 +73,13 @@ def test_without_a_writable_cache_directory_it_hashes_without_a_lock(tmp_path):
     blocker.write_text("")
     unwritable = DigestCache(blocker / "sub" / "d.json")
     assert model_digest(model, unwritable) == model_digest(model, DigestCache(tmp_path / "d.json"))
+
+
+def test_a_dangling_link_in_the_checkout_is_left_out_not_an_error(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "w.safetensors").write_bytes(b"x" * 4096)
+    cache = DigestCache(tmp_path / "d.json")
+    before = model_digest(model, cache)
+    (model / "extra.bin").symlink_to(tmp_path / "nowhere")  # no loader can read it either
+    assert model_digest(model, cache) == before
