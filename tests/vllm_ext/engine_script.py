@@ -16,6 +16,8 @@ Engine-lifecycle options (tests/vllm_ext/test_engine_hooks.py):
   "slow_disk_s": S       in the last round, every disk write batch first sleeps S seconds
   "flush_last_round": false   leave the last round's disk writes queued
   "kv_events": true      enable vLLM's KV events; "kv_events" in OUT lists the CPU-medium ones
+  "reset_connector_before": [i, ...]  before round i, llm.reset_prefix_cache(reset_connector=
+                         True): what vLLM does around an in-place weight update
   "shutdown": true       end with `del llm` (vLLM's engine shutdown), record "after_shutdown"
                          (open requests before it, chunk files after it) and exit without
                          atexit handlers, so only vLLM's shutdown path can have written them
@@ -119,6 +121,8 @@ def main(spec_path: str, out_path: str) -> None:
     for i, prompts in enumerate(spec["rounds"]):
         if spec.get("slow_disk_s") and i == len(spec["rounds"]) - 1:
             slow_disk(spec["slow_disk_s"])  # a busy disk while the engine stops
+        if i in spec.get("reset_connector_before", ()):
+            assert llm.reset_prefix_cache(reset_connector=True) is not False
         outs = []
         for p in prompts:  # one at a time: a prompt's chunks are stored before the next looks
             tp = (
@@ -143,6 +147,7 @@ def main(spec_path: str, out_path: str) -> None:
                 s.flush(timeout=60)
         stats = {name: t.to_dict() for s in stores.values() for name, t in s.stats().items()}
         rnd = {"outputs": outs, "tiers": stats, "vllm": external_hits(llm)}
+        rnd["lookup_holds"] = sum(len(s.holds) for s in stores.values())
         rnd["cached_by_source"] = cached_by_source(llm)
         if settings.disk_path:  # which chunk files each round left, for tests that tamper
             disk = Path(settings.disk_path)
