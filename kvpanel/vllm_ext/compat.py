@@ -103,7 +103,9 @@ def is_cuda() -> bool:
 # vLLM's prefix-caching hashes that are not collision resistant: their NONE_HASH seed is what
 # keeps a tenant from forging a prompt whose block hashes equal another prompt's.
 WEAK_BLOCK_HASHES = frozenset({"xxhash", "xxhash_cbor"})
-_SEED_MARK = "KVPANEL_SET_PYTHONHASHSEED"
+# PYTHONHASHSEED values that are no secret: kvpanel's own default, and Python's word for a
+# random hash() seed, which vLLM would hash as the string itself.
+_PUBLIC_SEEDS = frozenset({None, "0", "random"})
 
 
 def ensure_deterministic_block_hashes(hash_algo: str | None = "sha256") -> None:
@@ -113,19 +115,15 @@ def ensure_deterministic_block_hashes(hash_algo: str | None = "sha256") -> None:
 
     Never for a weak hash (``--prefix-caching-hash-algo xxhash``): a public seed would let a
     tenant forge collisions; vLLM then draws the seed at random and kvpanel keeps the disk and
-    Redis tiers off (``weak_block_hashes``) unless the operator set PYTHONHASHSEED."""
-    if hash_algo in WEAK_BLOCK_HASHES or "PYTHONHASHSEED" in os.environ:
-        return
-    os.environ["PYTHONHASHSEED"] = "0"
-    os.environ[_SEED_MARK] = "1"  # inherited: the engine's spec knows the seed is not a secret
+    Redis tiers off (``weak_block_hashes``) unless the operator set a secret PYTHONHASHSEED."""
+    if hash_algo not in WEAK_BLOCK_HASHES:
+        os.environ.setdefault("PYTHONHASHSEED", "0")
 
 
 def weak_block_hashes(hash_algo: str | None) -> bool:
     """Block hashes a tenant could collide on purpose: a non-cryptographic hash whose seed is
-    not one the operator chose (unset, so random per process, or kvpanel's public 0)."""
-    if hash_algo not in WEAK_BLOCK_HASHES:
-        return False
-    return "PYTHONHASHSEED" not in os.environ or os.environ.get(_SEED_MARK) == "1"
+    public (kvpanel's 0) or not shared (unset: random per process)."""
+    return hash_algo in WEAK_BLOCK_HASHES and os.environ.get("PYTHONHASHSEED") in _PUBLIC_SEEDS
 
 
 def server_api() -> tuple[Any, Any, Any]:

@@ -327,7 +327,6 @@ def test_a_weak_block_hash_keeps_shared_tiers_off_unless_the_operator_chose_the_
     from kvpanel.vllm_ext import compat
 
     monkeypatch.delenv("PYTHONHASHSEED", raising=False)
-    monkeypatch.delenv("KVPANEL_SET_PYTHONHASHSEED", raising=False)
     compat.ensure_deterministic_block_hashes("xxhash")
     assert "PYTHONHASHSEED" not in os.environ  # vLLM draws a random seed for xxhash
     if seed == "kvpanel's":  # e.g. the flag came from a vLLM config file serve did not read
