@@ -240,15 +240,12 @@ def model_digest(
             cache.put(resolved, st, digest)  # unchanged while read: safe to remember
         return digest
 
-    to_read = [e for e in entries if cache.get(e[1], e[2]) is None]
-    if not to_read:
-        return _total(entries, [str(cache.get(e[1], e[2])) for e in entries])
-    with cache.hashing():
-        cache.reload()  # another process may have hashed these while this one waited
-        return _total(entries, _hash_all(root, entries, cache, digest_of))
-
-
-def _total(entries: list[tuple[str, str, os.stat_result]], digests: list[str]) -> str:
+    if all(cache.get(e[1], e[2]) is not None for e in entries):
+        digests = [digest_of(e) for e in entries]  # all known: nothing to read, no lock
+    else:
+        with cache.hashing():
+            cache.reload()  # another process may have hashed these while this one waited
+            digests = _hash_all(root, entries, cache, digest_of)
     total = hashlib.sha256()
     for (rel, _, st), digest in zip(entries, digests, strict=True):
         total.update(f"{rel}\0{st.st_size}\0{digest}\n".encode())
