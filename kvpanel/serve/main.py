@@ -27,10 +27,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvpanel.cache.host_pool import pool_dirs, remove_pools_after_stop, remove_stale_pools
 from kvpanel.redact import display_url
 from kvpanel.serve.auth import ensure_token
 from kvpanel.serve.engine_controls import EngineControls
+from kvpanel.serve.host_pools import sweep_after_stop, sweep_before_start
 from kvpanel.serve.hub import StatusHub
 from kvpanel.serve.logtee import LogTee
 from kvpanel.serve.options import ServeError, ServeOptions, parse_serve_args
@@ -268,10 +268,7 @@ def serve_main(argv: list[str]) -> int:
         if kv_config is not None:
             sock = control_socket(opts.state_dir)
             kv_config, opts = _kv_config(opts, sock)
-            # TP host pools left in /dev/shm by engines that were killed (their lock is free).
-            for gone in remove_stale_pools():
-                log.info("kvpanel: removed %s (its engine is gone)", gone)
-            pools_before = pool_dirs()
+            pools_before = sweep_before_start()
     except (ConfigError, OSError) as e:
         print(f"kvpanel serve: error: {e}", file=sys.stderr)
         if sock is not None:
@@ -283,21 +280,7 @@ def serve_main(argv: list[str]) -> int:
         if sock is not None:
             sock.remove()  # the engine is gone by now (clean exit, signal or failed start)
         if kv_config is not None:
-            # vLLM force-kills an engine core whose TP workers take over 5 s to exit, before
-            # its store removes the host pool (the tiers were flushed through the control
-            # socket already).
-            for gone in remove_pools_after_stop(pools_before, _engine_alive):
-                log.info("kvpanel: removed %s (its engine was force-stopped)", gone)
-
-
-def _engine_alive() -> bool:
-    import psutil  # vLLM's dependency
-
-    try:
-        children = psutil.Process().children(recursive=True)
-        return any(c.status() != psutil.STATUS_ZOMBIE for c in children)
-    except psutil.Error:
-        return False
+            sweep_after_stop(pools_before)  # a TP engine vLLM force-killed left its pool
 
 
 def _serve(
